@@ -1,0 +1,15 @@
+"""What every entry point shares: logging set-up and turning known errors into a clean exit."""
+import logging
+import sys
+
+from kdtool.utils.log import setup_logging
+
+
+def run_main(main, known_errors=(ValueError, RuntimeError, OSError)):
+    """Call ``main()``; a known error prints one clear message and exits 1 instead of a traceback."""
+    setup_logging()
+    try:
+        main()
+    except known_errors as e:
+        logging.error("%s", e)
+        sys.exit(1)
