@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The shared kdtool pipeline. A recipe's run.sh calls it with its options; each stage is a few
+# lines that call one entry point and write under data/, dump/ or exp/, so any stage can be rerun
+# alone (./run.sh --stage N --stop_stage N).
+#   1 data preparation   2 features and tokens   3 teacher training   4 soft-label dumping
+#   5 student distillation   6 decoding   7 scoring
+set -euo pipefail
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (kd.sh:${BASH_LINENO[0]}) $*"; }
+run_start=$(date +%s)
+
+# General
+stage=1                 # first stage to run
+stop_stage=7            # last stage to run
+nj=4                    # parallel jobs for data stages
+dumpdir=dump            # features
+expdir=exp              # models, soft labels, decodes
+# Stage 1: data
+local_data_opts=""      # options for local/data.sh
+train_set=train         # transcribed training data (data/<name>)
+valid_set=dev           # validation data
+test_sets="test"        # evaluation data, space separated
+untrans_set=""          # untranscribed pool for distillation (no text), optional
+fs=16000                # sample rate every utterance must have
+# Stage 2: features and tokens
+speed_perturb_factors=""  # e.g. "0.9 1.0 1.1" (training set only)
+n_mels=80
+token_type=bpe          # bpe (sentencepiece) or char
+nbpe=300                # sentencepiece vocabulary size
+bpe_model_type=unigram  # unigram or bpe
+
+help_message="Usage: $0 [options]   (see the option list below; recipes pass theirs from run.sh)"
+. utils/parse_options.sh
+[ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; exit 1; }
+. ./path.sh
+. ./cmd.sh
+
+[ -n "${speed_perturb_factors}" ] && train_sp=${train_set}_sp || train_sp=${train_set}
+if [ "${token_type}" = bpe ]; then token_dir=data/token_list/bpe_${bpe_model_type}${nbpe}; else token_dir=data/token_list/char; fi
+all_sets="${train_sp} ${valid_set} ${test_sets} ${untrans_set}"
+
+# stage_done N: log how long stage N took, and keep it in ${expdir}/stage_times.tsv
+stage_begin=$(date +%s)
+stage_done() {
+  local now; now=$(date +%s)
+  mkdir -p "${expdir}"
+  printf '%s\t%s\t%d\n' "$1" "$(date '+%Y-%m-%dT%H:%M:%S')" $((now - stage_begin)) >> "${expdir}/stage_times.tsv"
+  log "Stage $1 done in $((now - stage_begin)) s"
+  stage_begin=${now}
+}
+in_stages() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
+
+if in_stages 1; then
+  log "Stage 1: data preparation: local/data.sh ${local_data_opts}"
+  # shellcheck disable=SC2086
+  local/data.sh ${local_data_opts}
+  for x in ${train_set} ${valid_set} ${test_sets}; do
+    python -m kdtool.bin.validate_data_dir --audio --sample-rate "${fs}" --require-text "data/${x}"
+  done
+  for x in ${untrans_set}; do
+    python -m kdtool.bin.validate_data_dir --audio --sample-rate "${fs}" "data/${x}"
+  done
+  stage_done 1
+fi
+
+if in_stages 2; then
+  log "Stage 2: fbank features (${n_mels} bins), global CMVN, token list (${token_dir})"
+  if [ -n "${speed_perturb_factors}" ]; then
+    python -m kdtool.bin.speed_perturb --factors ${speed_perturb_factors} "data/${train_set}" "data/${train_sp}"
+  fi
+  for x in ${all_sets}; do
+    ${train_cmd} JOB=1:"${nj}" "${dumpdir}/fbank/${x}/log/fbank.JOB.log" \
+      python -m kdtool.bin.compute_fbank --nj "${nj}" --job JOB --fs "${fs}" --num_mel_bins "${n_mels}" \
+        "data/${x}" "${dumpdir}/fbank/${x}"
+    python -m kdtool.bin.compute_fbank --nj "${nj}" --merge "data/${x}" "${dumpdir}/fbank/${x}"
+  done
+  python -m kdtool.bin.compute_cmvn "${dumpdir}/fbank/${train_sp}/feats.scp" "${dumpdir}/fbank/${train_sp}/cmvn.ark"
+  python -m kdtool.bin.make_tokens --token_type "${token_type}" --vocab_size "${nbpe}" \
+    --bpe_model_type "${bpe_model_type}" "data/${train_set}/text" "${token_dir}"
+  stage_done 2
+fi
+
+for n in 3 4 5 6 7; do
+  if in_stages ${n}; then
+    log "Stage ${n} is not in kdtool yet (stages 3-7 come with the models and distillation work); stopping here"
+    break
+  fi
+done
+log "Finished in $(( $(date +%s) - run_start )) s"

@@ -1,0 +1,3 @@
+# Where the corpora live on this machine: edit the default, or set the variable in the environment.
+# LibriSpeech (https://www.openslr.org/12): the folder that holds train-clean-100/, dev-clean/, ...
+LIBRISPEECH=${LIBRISPEECH:-/path/to/LibriSpeech}

@@ -1,0 +1,1 @@
+"""Acoustic features: Kaldi-compatible fbank written to ark/scp, and global CMVN."""

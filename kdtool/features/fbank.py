@@ -1,0 +1,99 @@
+"""80-dim log-mel filterbank, bit-compatible with Kaldi's compute-fbank-feats (via
+torchaudio.compliance.kaldi), computed for a slice of a data dir and stored with kaldiio."""
+import logging
+import os
+from pathlib import Path
+
+import kaldiio
+import torch
+import torchaudio.compliance.kaldi as kaldi
+from tqdm import tqdm
+
+from kdtool.data.audio import AudioError, load_audio
+from kdtool.data.datadir import DataDir, DataDirError, read_table, write_table
+
+
+def fbank(samples, sample_rate=16000, num_mel_bins=80):
+    """samples: float32 numpy array in [-1, 1]. Returns a float32 numpy array (frames, num_mel_bins)."""
+    wav = torch.from_numpy(samples).unsqueeze(0) * 32768  # Kaldi works on the int16 scale
+    feats = kaldi.fbank(wav, num_mel_bins=num_mel_bins, sample_frequency=sample_rate, frame_length=25.0,
+                        frame_shift=10.0, dither=0.0, energy_floor=0.0)  # dither 0: same input, same output
+    return feats.numpy()
+
+
+def job_slice(items, job, nj):
+    """The job-th (1-based) of nj contiguous, nearly equal slices, so merged outputs stay sorted."""
+    if not 1 <= job <= nj:
+        raise ValueError(f"job {job} is outside 1..{nj}")
+    n = len(items)
+    return items[(job - 1) * n // nj: job * n // nj]
+
+
+def job_paths(out_dir, job):
+    d = Path(out_dir) / "data"
+    return d / f"feats.{job}.ark", d / f"feats.{job}.scp", d / f"utt2num_frames.{job}"
+
+
+def compute_fbank_job(data_dir, out_dir, job, nj, sample_rate=16000, num_mel_bins=80):
+    """Write ``out_dir/data/feats.<job>.{ark,scp}`` and ``utt2num_frames.<job>`` for one slice.
+
+    The ark and scp are written under temporary names and renamed at the end, so a killed job
+    leaves nothing that a later step could mistake for complete output.
+    """
+    torch.set_num_threads(1)  # parallelism comes from the jobs
+    data = DataDir(data_dir)
+    wav_scp = data.read("wav.scp")
+    utts = job_slice(data.utts, job, nj)
+    ark, scp, u2nf = job_paths(out_dir, job)
+    ark.parent.mkdir(parents=True, exist_ok=True)
+    tmp_ark, tmp_scp = ark.with_name(ark.name + f".tmp.{os.getpid()}"), scp.with_name(scp.name + f".tmp.{os.getpid()}")
+    num_frames = {}
+    try:
+        with kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as writer:
+            for utt in tqdm(utts, desc=f"fbank {data.path.name} job {job}/{nj}", mininterval=5):
+                try:
+                    samples, _ = load_audio(wav_scp[utt], expected_rate=sample_rate)
+                except AudioError as e:
+                    raise DataDirError(f"{data.path / 'wav.scp'}: utterance {utt}: {e}") from None
+                feats = fbank(samples, sample_rate, num_mel_bins)
+                if feats.shape[0] == 0:
+                    raise DataDirError(f"{data.path / 'wav.scp'}: utterance {utt}: audio shorter than one frame (25 ms)")
+                writer(utt, feats)
+                num_frames[utt] = str(feats.shape[0])
+        # The scp points at the temporary ark name; the byte offsets stay valid after the rename.
+        lines = tmp_scp.read_text().replace(f"{tmp_ark}:", f"{ark}:")
+        tmp_scp.write_text(lines)
+        os.replace(tmp_ark, ark)
+        os.replace(tmp_scp, scp)
+        write_table(u2nf, num_frames)
+    finally:
+        for t in (tmp_ark, tmp_scp):
+            if t.exists():
+                t.unlink()
+    logging.info("%s job %d/%d: %d utterances, %d frames", data.path, job, nj, len(utts),
+                 sum(int(n) for n in num_frames.values()))
+
+
+def merge_fbank_jobs(data_dir, out_dir, nj):
+    """Join the jobs' outputs into ``out_dir/feats.scp`` + ``utt2num_frames`` and copy the data
+    dir's files next to them, so ``out_dir`` is a complete data dir of its own."""
+    data, out = DataDir(data_dir), Path(out_dir)
+    feats, frames = {}, {}
+    for job in range(1, nj + 1):
+        _, scp, u2nf = job_paths(out, job)
+        if not scp.exists() or not u2nf.exists():
+            raise DataDirError(f"{scp}: missing: feature job {job} of {nj} did not finish; rerun the stage")
+        feats.update(read_table(scp))
+        frames.update(read_table(u2nf))
+    if set(feats) != set(data.utts):
+        extra, missing = sorted(set(feats) - set(data.utts)), sorted(set(data.utts) - set(feats))
+        raise DataDirError(f"{out}/data: features do not match {data.path} "
+                           f"(missing: {missing[:3]}, not in data dir: {extra[:3]}); rerun the stage")
+    for name in ("wav.scp", "text", "utt2spk", "spk2utt"):
+        if data.has(name):
+            write_table(out / name, data.read(name, allow_empty=(name == "text")))
+    write_table(out / "utt2num_frames", frames)
+    write_table(out / "feats.scp", feats)
+    n = sum(int(v) for v in frames.values())
+    logging.info("%s: %d utterances, %d frames (%.2f hours)", out, len(feats), n, n / 100 / 3600)
+
