@@ -30,7 +30,7 @@ def job_slice(items, job, nj):
 
 
 def job_paths(out_dir, job):
-    d = Path(out_dir) / "data"
+    d = Path(out_dir).resolve() / "data"  # absolute in feats.scp, as Kaldi's make_fbank.sh: readable from anywhere
     return d / f"feats.{job}.ark", d / f"feats.{job}.scp", d / f"utt2num_frames.{job}"
 
 

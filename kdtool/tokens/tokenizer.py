@@ -49,9 +49,6 @@ def build_token_list(text_file, out_dir, token_type="bpe", vocab_size=300, model
         units = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_unknown(i) or sp.is_control(i))]
     else:
         raise ValueError(f"unknown token_type {token_type!r} (bpe or char)")
-    clash = sorted(set(units) & set(RESERVED))
-    if clash:
-        raise ValueError(f"{text_file}: transcripts contain reserved symbols {clash}")
     tokens = [BLANK, UNK, *units, SOS_EOS, MASK]
     write_lines(out_dir / "tokens.txt", tokens)
     write_lines(out_dir / "token_type", [token_type])

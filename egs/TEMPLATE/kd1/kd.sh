@@ -36,7 +36,7 @@ help_message="Usage: $0 [options]   (see the option list below; recipes pass the
 
 [ -n "${speed_perturb_factors}" ] && train_sp=${train_set}_sp || train_sp=${train_set}
 if [ "${token_type}" = bpe ]; then token_dir=data/token_list/bpe_${bpe_model_type}${nbpe}; else token_dir=data/token_list/char; fi
-all_sets="${train_sp} ${valid_set} ${test_sets} ${untrans_set}"
+all_sets=$(echo ${train_sp} ${valid_set} ${test_sets} ${untrans_set} | tr " " "\n" | awk '!seen[$0]++' | tr "\n" " ")
 
 # stage_done N: log how long stage N took, and keep it in ${expdir}/stage_times.tsv
 stage_begin=$(date +%s)

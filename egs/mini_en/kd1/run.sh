@@ -1,23 +1,12 @@
 #!/usr/bin/env bash
 # Built-in English corpus, synthesized offline (no download): the quick start.
 #   ./run.sh                      # every stage kdtool has, on the default corpus
-#   ./run.sh --fast               # a tiny corpus, for CI and a first look (a minute or two)
-#   ./run.sh --stage 2 --stop_stage 2 [any kd.sh option]
+#   ./run.sh --fast               # a tiny corpus (conf/pipeline_fast.conf), for CI and a first look
+#   ./run.sh --stage 2 --stop_stage 2 [any kd.sh option; it overrides conf/pipeline.conf]
 set -euo pipefail
 
-fast=false
+config=conf/pipeline.conf
 args=()
-for a in "$@"; do [ "${a}" = --fast ] && fast=true || args+=("${a}"); done
+for a in "$@"; do [ "${a}" = --fast ] && config=conf/pipeline_fast.conf || args+=("${a}"); done
 
-local_data_opts="--nj 4"
-${fast} && local_data_opts="--nj 2 --fast true"
-
-./kd.sh \
-  --local_data_opts "${local_data_opts}" \
-  --train_set train \
-  --valid_set dev \
-  --test_sets "test test_unseen" \
-  --untrans_set untrans \
-  --token_type bpe \
-  --nbpe 300 \
-  "${args[@]+"${args[@]}"}"
+./kd.sh --config "${config}" "${args[@]+"${args[@]}"}"

@@ -8,17 +8,18 @@
 # - an option without a declared variable fails with a clear message;
 # - a variable whose default is true/false may be given alone: "--fast" means "--fast true"
 #   (it takes the next argument only if that is true or false);
+# - "--config FILE" sources FILE (bash assignments), as Kaldi's does; later options override it;
 # - "--help" prints help_message and every option with its value;
 # - parsing stops at the first argument that is not an option; the rest stay in "$@".
 
 __po_show_help() {
   echo "${help_message:-Usage: $0 [options]}"
   echo "Options (current values):"
-  local line name
-  while read -r line; do
-    name=${line%%=*}
-    [ "${name}" = help_message ] && continue
-    [ -n "${__po_names[${name}]:-}" ] && printf '  --%-24s %s\n' "${name//_/-}" "${!name}"
+  local __po_line __po_n  # not "line"/"name": a local would hide an option of that name
+  while read -r __po_line; do
+    __po_n=${__po_line%%=*}
+    [ "${__po_n}" = help_message ] && continue
+    [ -n "${__po_names[${__po_n}]:-}" ] && printf '  --%-24s %s\n' "${__po_n//_/-}" "${!__po_n}"
   done < <(compgen -v | sed 's/$/=/')
 }
 
@@ -30,6 +31,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) __po_show_help; exit 0 ;;
     --) shift; break ;;
+    --config|--config=*)
+      # A file of bash assignments (name=value); options after it on the command line override it.
+      if [ "$1" = --config ]; then __po_value=${2:-}; shift; else __po_value=${1#--config=}; fi
+      [ -f "${__po_value}" ] || { echo "$0: --config: no such file '${__po_value}'" >&2; exit 1; }
+      # shellcheck disable=SC1090
+      . "${__po_value}"
+      shift ;;
     --*)
       __po_arg=${1#--}
       __po_has_value=false

@@ -1,0 +1,1 @@
+../../TEMPLATE/kd1/kd.sh

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny data dirs built from speech synthesized on the spot (espeak-ng + sox)."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kdtool.data.datadir import DataDir
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCES = {
+    "spka-u1": "THE QUICK BROWN FOX",
+    "spka-u2": "JUMPS OVER THE LAZY DOG",
+    "spka-u3": "A LITTLE KNOWLEDGE IS A DANGEROUS THING",
+    "spkb-u1": "WHERE THERE IS SMOKE THERE IS FIRE",
+    "spkb-u2": "TIME FLIES LIKE AN ARROW",
+    "spkb-u3": "ALL THAT GLITTERS IS NOT GOLD",
+}
+
+
+def speak(text, wav, rate=16000, voice="en-us"):
+    """Synthesize ``text`` into a ``rate`` Hz 16-bit mono wav (or flac, by suffix)."""
+    raw = Path(f"{wav}.raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), text.lower()], check=True)
+    subprocess.run(["sox", str(raw), "-b", "16", "-c", "1", str(wav), "rate", str(rate)], check=True)
+    raw.unlink()
+    return Path(wav)
+
+
+@pytest.fixture(scope="session")
+def tiny_wavs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wavs")
+    return {utt: speak(text, d / f"{utt}.wav", voice="en-us" if utt.startswith("spka") else "en-gb+f3")
+            for utt, text in SENTENCES.items()}
+
+
+@pytest.fixture
+def tiny_datadir(tmp_path, tiny_wavs):
+    """A valid 6-utterance, 2-speaker data dir that a test may break."""
+    return DataDir.write(tmp_path / "data" / "tiny",
+                         wav_scp={u: str(p) for u, p in tiny_wavs.items()},
+                         utt2spk={u: u.split("-")[0] for u in tiny_wavs},
+                         text=dict(SENTENCES))
+
+
+def copy_egs(dst):
+    """Copy the recipes (symlinks kept) under ``dst`` with ``dst/tools`` pointing at the real tools,
+    so that a recipe's path.sh finds the installed venv."""
+    shutil.copytree(REPO / "egs", dst / "egs", symlinks=True,
+                    ignore=shutil.ignore_patterns("data", "dump", "exp"))
+    (dst / "tools").symlink_to(REPO / "tools")
+    return dst / "egs"

@@ -1,0 +1,127 @@
+"""The recipe pipeline end to end on the built-in corpus (--fast), and adding a corpus by copying a recipe."""
+import shutil
+import subprocess
+import textwrap
+
+import kaldiio
+import numpy as np
+import pytest
+
+from conftest import SENTENCES, copy_egs
+from kdtool.data.datadir import DataDir
+from kdtool.data.validate import validate_data_dir
+from kdtool.tokens import Tokenizer
+
+SETS = ("train", "dev", "test", "test_unseen", "untrans")
+
+
+def run(recipe, *args, check=True):
+    p = subprocess.run(["./run.sh", *args], cwd=recipe, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"run.sh {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def feats_of(recipe, name):
+    return dict(kaldiio.load_scp(str(recipe / "dump" / "fbank" / name / "feats.scp")).items())
+
+
+@pytest.fixture(scope="module")
+def mini_en(tmp_path_factory):
+    recipe = copy_egs(tmp_path_factory.mktemp("r")) / "mini_en" / "kd1"
+    run(recipe, "--fast", "--stop_stage", "2")
+    return recipe
+
+
+def test_stages_1_and_2_make_valid_data_features_and_tokens(mini_en):
+    for name in SETS:
+        for top in ("data", "dump/fbank"):  # both are complete Kaldi data dirs
+            validate_data_dir(mini_en / top / name, check_audio=(top == "data"), sample_rate=16000,
+                              require_text=(name != "untrans"))
+        d = DataDir(mini_en / "dump" / "fbank" / name)
+        feats = feats_of(mini_en, name)
+        assert list(feats) == d.utts
+        assert all(f.shape[1] == 80 and f.dtype == np.float32 for f in feats.values())
+        assert {u: int(n) for u, n in d.read("utt2num_frames").items()} == {u: f.shape[0] for u, f in feats.items()}
+        for f in ("text", "spk2utt"):
+            if (mini_en / "data" / name / f).exists():
+                assert (mini_en / "data" / name / f).read_text() == (d.path / f).read_text()
+    assert kaldiio.load_mat(str(mini_en / "dump/fbank/train/cmvn.ark")).shape == (2, 81)
+    tok = Tokenizer(mini_en / "data/token_list/bpe_unigram300")
+    text = DataDir(mini_en / "data/train").read("text")
+    assert all(tok.ids2text(tok.text2ids(t)) == t for t in text.values())
+    times = [ln.split("\t")[0] for ln in (mini_en / "exp/stage_times.tsv").read_text().splitlines()]
+    assert times == ["1", "2"]
+
+
+def test_rerunning_a_stage_alone_gives_the_same_result(mini_en):
+    before = feats_of(mini_en, "dev")
+    tokens = (mini_en / "data/token_list/bpe_unigram300/tokens.txt").read_text()
+    out = run(mini_en, "--fast", "--stage", "2", "--stop_stage", "2").stdout
+    assert "Stage 1:" not in out and "Stage 2:" in out
+    after = feats_of(mini_en, "dev")
+    assert list(before) == list(after)
+    assert all(np.array_equal(before[u], after[u]) for u in before)
+    assert (mini_en / "data/token_list/bpe_unigram300/tokens.txt").read_text() == tokens
+
+
+def test_unknown_option_fails_clearly(mini_en):
+    p = run(mini_en, "--fast", "--no-such-option", "1", check=False)
+    assert p.returncode != 0
+    assert "unknown option --no-such-option" in p.stderr
+
+
+def test_bad_audio_stops_stage_1_with_the_utterance_named(mini_en):
+    recipe = mini_en.parents[1] / "broken_en" / "kd1"  # same depth: the relative links stay valid
+    shutil.copytree(mini_en, recipe, symlinks=True)
+    # A corpus whose data.sh yields a wav at the wrong sample rate: stage 1 validation must catch it.
+    (recipe / "local" / "data.sh").write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        set -e
+        sed -i 's|^\\(\\S*\\) .*|\\1 sox -n -r 8000 -b 16 -t wav - synth 0.5 sine 440 \\||' data/dev/wav.scp
+        """))
+    p = run(recipe, "--fast", "--stop_stage", "1", check=False)
+    assert p.returncode != 0
+    assert "data/dev/wav.scp: utterance" in p.stderr and "sample rate 8000 Hz, expected 16000 Hz" in p.stderr
+
+
+def test_a_new_corpus_is_a_copied_recipe_with_its_own_data_sh(tmp_path, tiny_wavs):
+    egs = copy_egs(tmp_path)
+    recipe = egs / "my_corpus" / "kd1"
+    recipe.parent.mkdir()
+    subprocess.run(["cp", "-a", str(egs / "mini_en" / "kd1"), str(recipe)], check=True)
+    wav_lines = "\n".join(f"{u} {p}" for u, p in sorted(tiny_wavs.items()))
+    text_lines = "\n".join(f"{u} {t}" for u, t in sorted(SENTENCES.items()))
+    (recipe / "local" / "data.sh").write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        # my_corpus: speakers spka (train) and spkb (dev and test)
+        set -euo pipefail
+        . ./path.sh
+        mkdir -p data/all
+        cat > data/all/wav.scp <<'X'
+        {wav}
+        X
+        cat > data/all/text <<'X'
+        {text}
+        X
+        awk '{{split($1, a, "-"); print $1, a[1]}}' data/all/wav.scp > data/all/utt2spk
+        python -m kdtool.bin.fix_data_dir data/all
+        for s in train dev; do mkdir -p data/$s; done
+        grep ^spka data/all/wav.scp > data/train/wav.scp; grep ^spka data/all/text > data/train/text
+        grep ^spkb data/all/wav.scp > data/dev/wav.scp; grep ^spkb data/all/text > data/dev/text
+        for s in train dev; do awk '{{split($1, a, "-"); print $1, a[1]}}' data/$s/wav.scp > data/$s/utt2spk
+          python -m kdtool.bin.fix_data_dir data/$s; done
+        """).format(wav=wav_lines, text=text_lines))
+    (recipe / "conf" / "pipeline.conf").write_text(textwrap.dedent("""\
+        local_data_opts=""
+        train_set=train
+        valid_set=dev
+        test_sets=dev
+        untrans_set=""
+        nj=2
+        token_type=char
+        """))
+    run(recipe, "--stop_stage", "2")
+    assert DataDir(recipe / "dump/fbank/train").utts == ["spka-u1", "spka-u2", "spka-u3"]
+    assert len(feats_of(recipe, "dev")) == 3
+    assert "<space>" in (recipe / "data/token_list/char/tokens.txt").read_text().split()
