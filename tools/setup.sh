@@ -35,8 +35,10 @@ if [ ! -f "${stamp}" ] || [ "${root_dir}/setup.py" -nt "${stamp}" ]; then
   [ -x "${venv}/bin/python" ] || "${python}" -m venv "${venv}"
   echo "setup.sh: installing kdtool and its dependencies into ${venv} (torch is large: a few minutes)"
   # espnet pins setuptools<74; a venv's own setuptools may be newer or missing.
-  "${venv}/bin/pip" install -q "setuptools<74" wheel
-  "${venv}/bin/pip" install -q -e "${root_dir}[test]"
+  # (this machine's pip config names local mirrors that may be absent: hide those warnings)
+  quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
+  quiet "${venv}/bin/pip" install -q "setuptools<74" wheel
+  quiet "${venv}/bin/pip" install -q -e "${root_dir}[test]"
   touch "${stamp}"
 fi
 echo "setup.sh: ready (${venv})"

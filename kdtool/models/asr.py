@@ -1,0 +1,198 @@
+"""The four model kinds kdtool trains and distills, each a thin composition of espnet2 blocks.
+
+All kinds share one token list (see kdtool.tokens): ``<blank>`` = 0, ``<sos/eos>`` = V-2,
+``<mask>`` = V-1, and every CTC head has V outputs, so a teacher's and a student's frame
+posteriors line up whatever their kinds. ``forward`` returns ``(loss, stats)``; losses are summed
+over tokens and divided by the batch size, as ESPnet does.
+"""
+import torch
+import torchaudio
+from espnet.nets.pytorch_backend.maskctc.add_mask_token import mask_uniform
+from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
+from espnet.nets.pytorch_backend.transformer.label_smoothing_loss import LabelSmoothingLoss
+from espnet2.asr.ctc import CTC
+from espnet2.asr.decoder.mlm_decoder import MLMDecoder
+from espnet2.asr.decoder.transducer_decoder import TransducerDecoder
+from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
+from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+from espnet2.asr.specaug.specaug import SpecAug
+from espnet2.asr_transducer.joint_network import JointNetwork
+
+ENCODERS = {"conformer": ConformerEncoder, "transformer": TransformerEncoder}
+# espnet's own defaults keep legacy positional encodings and no macaron/conv module; these are
+# what its Conformer recipes set. flash attention is not installed (nor needed on CPU).
+ENCODER_DEFAULTS = {
+    "conformer": dict(use_flash_attn=False, pos_enc_layer_type="rel_pos", selfattention_layer_type="rel_selfattn",
+                      rel_pos_type="latest", macaron_style=True, use_cnn_module=True, cnn_module_kernel=15,
+                      activation_type="swish"),
+    "transformer": dict(use_flash_attn=False),
+}
+DECODERS = {"transformer": TransformerDecoder, "mlm": MLMDecoder, "rnn": TransducerDecoder}
+IGNORE_ID = -1
+
+
+class ASRModel(torch.nn.Module):
+    """Encoder (+ SpecAugment in training) and the ids every kind shares."""
+
+    kind = None
+
+    def __init__(self, vocab_size, input_size, encoder, encoder_conf, specaug_conf=None):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.blank, self.sos, self.eos, self.mask_token = 0, vocab_size - 2, vocab_size - 2, vocab_size - 1
+        self.specaug = SpecAug(**specaug_conf) if specaug_conf else None
+        self.encoder = ENCODERS[encoder](input_size=input_size, **{**ENCODER_DEFAULTS[encoder], **encoder_conf})
+        _exact_subsampled_lengths(self.encoder.embed)
+
+    def encode(self, feats, feats_lens):
+        if self.specaug is not None and self.training:
+            feats, feats_lens = self.specaug(feats, feats_lens)
+        enc, enc_lens, _ = self.encoder(feats, feats_lens)
+        return enc, enc_lens
+
+    def ctc_log_probs(self, enc):
+        """Frame posteriors (log) of the CTC head: [B, T', V]."""
+        return self.ctc.log_softmax(enc)
+
+
+class CTCModel(ASRModel):
+    kind = "ctc"
+
+    def __init__(self, vocab_size, input_size, encoder, encoder_conf, specaug_conf=None):
+        super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
+        self.ctc = CTC(vocab_size, self.encoder.output_size())
+
+    def forward(self, feats, feats_lens, ys, ys_lens):
+        enc, enc_lens = self.encode(feats, feats_lens)
+        loss = self.ctc(enc, enc_lens, ys, ys_lens)
+        return loss, {"loss": loss.detach(), "loss_ctc": loss.detach()}
+
+
+class ARModel(CTCModel):
+    """Hybrid CTC/attention: the autoregressive teacher."""
+
+    kind = "ar"
+
+    def __init__(self, vocab_size, input_size, encoder, encoder_conf, decoder_conf, specaug_conf=None,
+                 ctc_weight=0.3, lsm_weight=0.1):
+        super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
+        self.ctc_weight = ctc_weight
+        self.decoder = TransformerDecoder(vocab_size, self.encoder.output_size(), **decoder_conf)
+        self.criterion = LabelSmoothingLoss(vocab_size, IGNORE_ID, lsm_weight, normalize_length=False)
+
+    def decoder_logits(self, enc, enc_lens, ys, ys_lens):
+        """Teacher-forced decoder outputs and the targets they predict (ys + <eos>)."""
+        ys_in, ys_out = add_sos_eos(ys, self.sos, self.eos, IGNORE_ID)
+        logits, _ = self.decoder(enc, enc_lens, ys_in, ys_lens + 1)
+        return logits, ys_out
+
+    def forward(self, feats, feats_lens, ys, ys_lens):
+        enc, enc_lens = self.encode(feats, feats_lens)
+        loss_ctc = self.ctc(enc, enc_lens, ys, ys_lens)
+        logits, ys_out = self.decoder_logits(enc, enc_lens, ys, ys_lens)
+        loss_att = self.criterion(logits, ys_out)
+        loss = self.ctc_weight * loss_ctc + (1 - self.ctc_weight) * loss_att
+        acc = _accuracy(logits, ys_out)
+        return loss, {"loss": loss.detach(), "loss_ctc": loss_ctc.detach(), "loss_att": loss_att.detach(), "acc": acc}
+
+
+class NARModel(CTCModel):
+    """Mask-CTC: CTC plus a masked-LM decoder that refines low-confidence CTC tokens."""
+
+    kind = "nar"
+
+    def __init__(self, vocab_size, input_size, encoder, encoder_conf, decoder_conf, specaug_conf=None,
+                 ctc_weight=0.3, lsm_weight=0.1):
+        super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
+        self.ctc_weight = ctc_weight
+        # MLMDecoder adds the <mask> slot itself: give it the vocabulary without <mask>.
+        self.decoder = MLMDecoder(vocab_size - 1, self.encoder.output_size(), **decoder_conf)
+        self.criterion = LabelSmoothingLoss(vocab_size, IGNORE_ID, lsm_weight, normalize_length=False)
+
+    def forward(self, feats, feats_lens, ys, ys_lens):
+        enc, enc_lens = self.encode(feats, feats_lens)
+        loss_ctc = self.ctc(enc, enc_lens, ys, ys_lens)
+        ys_in, ys_out = mask_uniform(ys, self.mask_token, self.eos, IGNORE_ID)  # targets only where masked
+        logits, _ = self.decoder(enc, enc_lens, ys_in, ys_lens)
+        loss_mlm = self.criterion(logits, ys_out)
+        loss = self.ctc_weight * loss_ctc + (1 - self.ctc_weight) * loss_mlm
+        acc = _accuracy(logits, ys_out)
+        return loss, {"loss": loss.detach(), "loss_ctc": loss_ctc.detach(), "loss_mlm": loss_mlm.detach(), "acc": acc}
+
+
+class TransducerModel(ASRModel):
+    """RNN-T: encoder, LSTM prediction network and joint network; loss from torchaudio's rnnt_loss.
+    An auxiliary CTC head (ctc_weight > 0) helps training and carries frame-level distillation."""
+
+    kind = "transducer"
+
+    def __init__(self, vocab_size, input_size, encoder, encoder_conf, decoder_conf, joint_net_conf,
+                 specaug_conf=None, ctc_weight=0.3):
+        super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
+        self.ctc_weight = ctc_weight
+        self.decoder = TransducerDecoder(vocab_size, embed_pad=self.blank, **decoder_conf)
+        self.joint_network = JointNetwork(vocab_size, self.encoder.output_size(), self.decoder.dunits,
+                                          **joint_net_conf)
+        self.ctc = CTC(vocab_size, self.encoder.output_size()) if ctc_weight > 0 else None
+
+    def joint_logits(self, enc, ys):
+        """Logits over the whole output lattice: [B, T', U+1, V]; the prediction network starts from blank."""
+        self.decoder.set_device(enc.device)
+        labels = torch.where(ys == IGNORE_ID, self.blank, ys)
+        dec = self.decoder(torch.nn.functional.pad(labels, (1, 0), value=self.blank))
+        return self.joint_network(enc.unsqueeze(2), dec.unsqueeze(1))
+
+    def forward(self, feats, feats_lens, ys, ys_lens):
+        enc, enc_lens = self.encode(feats, feats_lens)
+        logits = self.joint_logits(enc, ys)
+        targets = torch.where(ys == IGNORE_ID, self.blank, ys).int()
+        loss_rnnt = torchaudio.functional.rnnt_loss(logits, targets, enc_lens.int(), ys_lens.int(),
+                                                    blank=self.blank, reduction="sum") / feats.size(0)
+        stats = {"loss_rnnt": loss_rnnt.detach()}
+        loss = loss_rnnt
+        if self.ctc is not None:
+            loss_ctc = self.ctc(enc, enc_lens, ys, ys_lens)
+            loss = (1 - self.ctc_weight) * loss_rnnt + self.ctc_weight * loss_ctc
+            stats["loss_ctc"] = loss_ctc.detach()
+        stats["loss"] = loss.detach()
+        return loss, stats
+
+
+def _exact_subsampled_lengths(embed):
+    """espnet's conv subsampling slices the padded mask to get output lengths, so an utterance's
+    frame count depends on the padding of its batch (70 frames alone: 16; padded to 90: 18).
+    Stored soft labels must line up with a student's frames whatever the batch, so recompute the
+    mask from the convolution arithmetic. A forward hook keeps espnet's parameter names."""
+    convs = [m for m in getattr(embed, "conv", []) if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        return
+
+    def hook(module, inputs, output):
+        xs, mask = output
+        if mask is None:
+            return output
+        lens = inputs[1].squeeze(1).sum(-1)
+        for conv in convs:
+            lens = (lens - conv.kernel_size[0]) // conv.stride[0] + 1
+        t = mask.size(-1)
+        return xs, (torch.arange(t, device=mask.device)[None, :] < lens[:, None]).unsqueeze(1)
+
+    embed.register_forward_hook(hook)
+
+
+def subsampled_length(model, n_frames):
+    """Encoder output frames for an input of ``n_frames`` (no padding)."""
+    for conv in [m for m in getattr(model.encoder.embed, "conv", []) if isinstance(m, torch.nn.Conv2d)]:
+        n_frames = (n_frames - conv.kernel_size[0]) // conv.stride[0] + 1
+    return n_frames
+
+
+def _accuracy(logits, targets):
+    mask = targets != IGNORE_ID
+    if not mask.any():
+        return torch.tensor(0.0)
+    return ((logits.argmax(-1) == targets) & mask).sum().float().detach() / mask.sum()
+
+
+MODEL_CLASSES = {"ctc": CTCModel, "ar": ARModel, "nar": NARModel, "transducer": TransducerModel}

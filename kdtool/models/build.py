@@ -1,0 +1,81 @@
+"""Build a model from an ESPnet-style config:
+
+    model: ar                    # ar | nar | ctc | transducer
+    encoder: conformer           # conformer | transformer
+    encoder_conf: {output_size: 256, attention_heads: 4, linear_units: 1024, num_blocks: 12}
+    decoder: transformer         # ar: transformer; nar: mlm; transducer: rnn
+    decoder_conf: {...}
+    joint_net_conf: {...}        # transducer only
+    specaug_conf: {...}          # SpecAugment; null disables it
+    model_conf: {ctc_weight: 0.3, lsm_weight: 0.1}
+
+Unknown keys, kinds or component names raise ConfigError before any training starts.
+"""
+import inspect
+
+from kdtool.models.asr import MODEL_CLASSES, ENCODERS, DECODERS
+
+MODEL_KEYS = {"model", "encoder", "encoder_conf", "decoder", "decoder_conf", "joint_net_conf", "specaug_conf",
+              "model_conf"}
+DECODER_OF_KIND = {"ar": "transformer", "nar": "mlm", "transducer": "rnn", "ctc": None}
+
+
+class ConfigError(ValueError):
+    """A model config that cannot be built; the message names the key."""
+
+
+def _check_kwargs(what, cls, conf, skip=()):
+    """Reject keys the constructor does not take, with the list of those it does."""
+    params = inspect.signature(cls.__init__).parameters
+    allowed = sorted(p for p in params if p not in ("self", *skip) and params[p].kind != params[p].VAR_KEYWORD)
+    unknown = sorted(set(conf) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {unknown}; allowed: {allowed}")
+
+
+def build_model(config, vocab_size, input_size=80):
+    """Return the model described by ``config`` for a token list of ``vocab_size`` entries."""
+    unknown = sorted(set(config) - MODEL_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown model config key(s) {unknown}; allowed: {sorted(MODEL_KEYS)}")
+    kind = config.get("model")
+    if kind not in MODEL_CLASSES:
+        raise ConfigError(f"model: unknown kind {kind!r}; choose one of {sorted(MODEL_CLASSES)}")
+    enc_name = config.get("encoder", "conformer")
+    if enc_name not in ENCODERS:
+        raise ConfigError(f"encoder: unknown {enc_name!r}; choose one of {sorted(ENCODERS)}")
+    enc_conf = dict(config.get("encoder_conf") or {})
+    _check_kwargs(f"encoder_conf ({enc_name})", ENCODERS[enc_name], enc_conf, skip=("input_size",))
+
+    dec_name = config.get("decoder", DECODER_OF_KIND[kind])
+    dec_conf = dict(config.get("decoder_conf") or {})
+    if DECODER_OF_KIND[kind] is None:
+        if config.get("decoder") or dec_conf:
+            raise ConfigError("decoder: a ctc model has no decoder; remove decoder/decoder_conf")
+    elif dec_name != DECODER_OF_KIND[kind]:
+        raise ConfigError(f"decoder: a {kind} model takes decoder: {DECODER_OF_KIND[kind]}, not {dec_name!r}")
+    else:
+        _check_kwargs(f"decoder_conf ({dec_name})", DECODERS[dec_name], dec_conf,
+                      skip=("vocab_size", "encoder_output_size"))
+    if config.get("joint_net_conf") and kind != "transducer":
+        raise ConfigError(f"joint_net_conf: only a transducer has a joint network, not a {kind} model")
+
+    cls = MODEL_CLASSES[kind]
+    model_conf = dict(config.get("model_conf") or {})
+    _check_kwargs(f"model_conf ({kind})", cls, model_conf,
+                  skip=("vocab_size", "input_size", "encoder", "encoder_conf", "decoder_conf", "joint_net_conf",
+                        "specaug_conf"))
+    extra = {"joint_net_conf": dict(config.get("joint_net_conf") or {})} if kind == "transducer" else {}
+    if DECODER_OF_KIND[kind] is not None:
+        extra["decoder_conf"] = dec_conf
+    return cls(vocab_size=vocab_size, input_size=input_size, encoder=enc_name, encoder_conf=enc_conf,
+               specaug_conf=config.get("specaug_conf"), **extra, **model_conf)
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_size_mb(model):
+    """Size of the weights on disk in float32, in MB (10^6 bytes), as papers report it."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6

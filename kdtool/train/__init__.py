@@ -1,0 +1,1 @@
+"""Model training: data loading (features + token ids in length-bucketed batches)."""

@@ -1,0 +1,109 @@
+"""Model kinds built from configs: shapes, shared ids, learning on a tiny batch, config errors."""
+import pytest
+import torch
+
+from kdtool.models import ConfigError, build_model, count_params, model_size_mb
+from kdtool.models.asr import subsampled_length
+
+V = 24
+ENC = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 2}
+DEC = {"attention_heads": 2, "linear_units": 64, "num_blocks": 1}
+CONFIGS = {
+    "ctc": {"model": "ctc", "encoder_conf": ENC},
+    "ar": {"model": "ar", "encoder_conf": ENC, "decoder_conf": DEC},
+    "nar": {"model": "nar", "encoder_conf": ENC, "decoder_conf": DEC},
+    "transducer": {"model": "transducer", "encoder_conf": ENC, "decoder_conf": {"hidden_size": 32},
+                   "joint_net_conf": {"joint_space_size": 32}},
+}
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(2, 90, 80, generator=g)
+    ys = torch.randint(2, V - 2, (2, 6), generator=g)
+    ys[1, 4:] = -1
+    return feats, torch.tensor([90, 70]), ys, torch.tensor([6, 4])
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_each_kind_learns_a_tiny_batch(kind):
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[kind], V)
+    assert model.kind == kind
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss, stats = model(*batch())
+        assert torch.isfinite(loss) and stats["loss"] == loss.detach()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert model(*batch())[0].item() < 0.5 * first
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_shared_ids_and_head_sizes(kind):
+    model = build_model(CONFIGS[kind], V)
+    assert (model.blank, model.sos, model.eos, model.mask_token) == (0, V - 2, V - 2, V - 1)
+    feats, lens, ys, ys_lens = batch()
+    enc, enc_lens = model.encode(feats, lens)
+    assert enc.shape[-1] == 32 and enc_lens.tolist() == [((n - 1) // 2 - 1) // 2 for n in (90, 70)]
+    assert model.ctc_log_probs(enc).shape[-1] == V  # every kind's frame posteriors line up
+    if kind in ("ar",):
+        logits, ys_out = model.decoder_logits(enc, enc_lens, ys, ys_lens)
+        assert logits.shape == (2, 7, V) and ys_out[0, -1] == model.eos
+    if kind == "nar":
+        assert model.decoder.embed[0].num_embeddings == V  # <mask> is an input the MLM decoder knows
+    if kind == "transducer":
+        assert model.joint_logits(enc, ys).shape == (2, enc.shape[1], 7, V)
+
+
+@pytest.mark.parametrize("layer, expected", [("conv2d", [21, 16]), ("conv2d6", [14, 10]), ("conv2d8", [10, 7])])
+def test_frame_count_does_not_depend_on_the_batch(layer, expected):
+    model = build_model({"model": "ctc", "encoder_conf": {**ENC, "input_layer": layer}}, V).eval()
+    feats, lens, _, _ = batch()
+    enc, enc_lens = model.encode(feats, lens)
+    assert enc_lens.tolist() == expected == [subsampled_length(model, n) for n in (90, 70)]
+    alone, alone_lens = model.encode(feats[1:, :70], lens[1:])
+    assert alone_lens.tolist() == [expected[1]]
+
+
+def test_param_count_and_size():
+    model = build_model(CONFIGS["ar"], V)
+    n = sum(p.numel() for p in model.parameters())
+    assert count_params(model) == n and model_size_mb(model) == pytest.approx(4 * n / 1e6)
+    bigger = build_model({**CONFIGS["ar"], "encoder_conf": {**ENC, "num_blocks": 4}}, V)
+    assert count_params(bigger) > n
+
+
+def test_specaug_only_in_training():
+    torch.manual_seed(0)
+    model = build_model({**CONFIGS["ctc"], "specaug_conf": {"apply_time_warp": False, "num_freq_mask": 2,
+                                                             "freq_mask_width_range": [5, 20],
+                                                             "time_mask_width_range": [5, 20]}}, V)
+    feats, lens, _, _ = batch()
+    model.eval()
+    a, b = model.encode(feats, lens)[0], model.encode(feats, lens)[0]
+    assert torch.equal(a, b)
+    model.train()
+    torch.manual_seed(1)
+    model.encoder.eval()  # dropout off: any difference now comes from SpecAugment
+    assert not torch.equal(model.encode(feats, lens)[0], a)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model": "ar", "encoder_conf": ENC, "decoder_conf": DEC, "optimizer_conf": {}}, r"unknown model config key\(s\) \['optimizer_conf'\]"),
+    ({"model": "rnn", "encoder_conf": ENC}, r"model: unknown kind 'rnn'"),
+    ({"model": "ctc", "encoder": "lstm", "encoder_conf": ENC}, r"encoder: unknown 'lstm'"),
+    ({"model": "ctc", "encoder_conf": {**ENC, "num_layers": 3}}, r"encoder_conf \(conformer\): unknown key\(s\) \['num_layers'\]"),
+    ({"model": "nar", "decoder": "transformer", "encoder_conf": ENC, "decoder_conf": DEC}, r"a nar model takes decoder: mlm"),
+    ({"model": "ctc", "encoder_conf": ENC, "decoder_conf": DEC}, r"a ctc model has no decoder"),
+    ({"model": "ar", "encoder_conf": ENC, "decoder_conf": {**DEC, "hidden": 3}}, r"decoder_conf \(transformer\): unknown key\(s\) \['hidden'\]"),
+    ({"model": "ar", "encoder_conf": ENC, "decoder_conf": DEC, "joint_net_conf": {"joint_space_size": 8}}, r"only a transducer"),
+    ({"model": "ar", "encoder_conf": ENC, "decoder_conf": DEC, "model_conf": {"ctc_wieght": 0.3}}, r"model_conf \(ar\): unknown key\(s\) \['ctc_wieght'\]"),
+])
+def test_bad_configs_fail_before_training(config, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model(config, V)
