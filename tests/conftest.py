@@ -50,3 +50,20 @@ def copy_egs(dst):
                     ignore=shutil.ignore_patterns("data", "dump", "exp"))
     (dst / "tools").symlink_to(REPO / "tools")
     return dst / "egs"
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tmp_path_factory, tiny_wavs):
+    """Stage 2 output for the 6 tiny utterances: feature dir, CMVN stats and a char token list."""
+    from kdtool.features.cmvn import compute_cmvn
+    from kdtool.features.fbank import compute_fbank_job, merge_fbank_jobs
+    from kdtool.tokens import build_token_list
+
+    root = tmp_path_factory.mktemp("feats")
+    data = DataDir.write(root / "data", wav_scp={u: str(p) for u, p in tiny_wavs.items()},
+                         utt2spk={u: u.split("-")[0] for u in tiny_wavs}, text=dict(SENTENCES))
+    compute_fbank_job(data.path, root / "fbank", 1, 1)
+    merge_fbank_jobs(data.path, root / "fbank", 1)
+    compute_cmvn(root / "fbank" / "feats.scp", root / "cmvn.ark")
+    build_token_list(data.path / "text", root / "tokens", "char")
+    return {"feats": root / "fbank", "cmvn": root / "cmvn.ark", "tokens": root / "tokens"}

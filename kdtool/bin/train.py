@@ -1,0 +1,40 @@
+"""Stage 3: train a model (teacher, or a student without distillation) from a YAML config.
+
+    python -m kdtool.bin.train --config conf/tuning/train_ar_teacher.yaml \
+        --train_data dump/fbank/train --valid_data dump/fbank/dev \
+        --token_list data/token_list/bpe_unigram300 --cmvn dump/fbank/train/cmvn.ark \
+        --exp_dir exp/teacher_ar
+
+Multi-GPU: --devices 4; multi-node: --num_nodes 2 under torchrun or SLURM (same command on each).
+A rerun resumes from the last checkpoint. See kdtool/train/trainer.py for the exp dir layout.
+"""
+import argparse
+
+from kdtool.bin._common import run_main
+from kdtool.train.config import load_config
+from kdtool.train.trainer import train
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="model + training YAML")
+    p.add_argument("--train_data", required=True, nargs="+", help="feature dir(s) from stage 2")
+    p.add_argument("--valid_data", required=True)
+    p.add_argument("--token_list", required=True, help="token-list dir from stage 2")
+    p.add_argument("--cmvn", required=True, help="global CMVN stats of the training set")
+    p.add_argument("--exp_dir", required=True)
+    p.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
+    p.add_argument("--devices", default="auto", help="number of GPUs (or 'auto')")
+    p.add_argument("--num_nodes", type=int, default=1)
+    return p
+
+
+def main():
+    args = get_parser().parse_args()
+    devices = int(args.devices) if args.devices.isdigit() else args.devices
+    train(load_config(args.config), args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
+          devices=devices, num_nodes=args.num_nodes, accelerator=args.accelerator)
+
+
+if __name__ == "__main__":
+    run_main(main)

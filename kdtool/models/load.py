@@ -1,0 +1,51 @@
+"""Load a trained exp dir (stage 3 or 5) as one object: model, tokenizer and CMVN together."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from kdtool.features.cmvn import load_cmvn
+from kdtool.models.build import MODEL_KEYS, build_model, count_params, model_size_mb
+from kdtool.tokens import Tokenizer
+
+
+@dataclass
+class TrainedModel:
+    exp_dir: Path
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    cmvn: np.ndarray
+    config: dict
+
+    @property
+    def info(self):
+        return {"model_dir": str(self.exp_dir), "kind": self.model.kind, "params": count_params(self.model),
+                "size_mb": round(model_size_mb(self.model), 3)}
+
+
+def load_trained(exp_dir, weights="model.pth", device="cpu"):
+    """Raise a clear error if the dir lacks weights, or its token list does not fit its weights."""
+    exp = Path(exp_dir)
+    for name in ("config.yaml", "tokens/tokens.txt", "cmvn.ark", weights):
+        if not (exp / name).exists():
+            raise FileNotFoundError(f"{exp}: not a trained model dir: {name} is missing"
+                                    + (" (training did not finish?)" if name == weights else ""))
+    config = yaml.safe_load((exp / "config.yaml").read_text())
+    tokenizer = Tokenizer(exp / "tokens")
+    cmvn = load_cmvn(exp / "cmvn.ark")
+    model = build_model({k: v for k, v in config.items() if k in MODEL_KEYS}, len(tokenizer),
+                        input_size=cmvn.shape[1] - 1)
+    state = torch.load(exp / weights, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or missing or unexpected:
+        detail = (f"shape mismatch in {wrong[:3]}" if wrong else f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(f"{exp / weights}: does not fit a {model.kind} model with the {len(tokenizer)}-token list "
+                         f"of {exp / 'tokens'} ({detail})")
+    model.load_state_dict(state)
+    return TrainedModel(exp, model.to(device).eval(), tokenizer, cmvn, config)
+

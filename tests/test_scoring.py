@@ -1,0 +1,212 @@
+"""Stage 7: WER/CER counts against hand-computed ones and jiwer, score.json, alignments, RESULTS.md."""
+import json
+import logging
+import platform
+import random
+import subprocess
+import sys
+
+import jiwer
+import pytest
+
+from kdtool.bin.score import score_decode_dir
+from kdtool.scoring.results import write_results
+from kdtool.scoring.wer import align, format_alignment, score
+
+REF = "THE CAT SAT ON THE MAT"
+
+
+def counts(c):
+    return c.cor, c.sub, c.dele, c.ins
+
+
+@pytest.mark.parametrize("hyp, expected", [
+    ("THE CAT SAT ON THE MAT", (6, 0, 0, 0)),
+    ("THE CAT SAT ON MAT", (5, 0, 1, 0)),             # one deletion
+    ("THE CAT SAT ON THE HAT", (5, 1, 0, 0)),         # one substitution
+    ("THE CAT SAT ON THE MAT TODAY", (6, 0, 0, 1)),   # one insertion
+    ("A CAT DOWN SAT ON MAT", (4, 1, 1, 1)),          # one of each
+    ("", (0, 0, 6, 0)),
+])
+def test_word_counts(hyp, expected):
+    c, pairs = align(REF.split(), hyp.split())
+    assert counts(c) == expected
+    s = score({"u1": REF}, {"u1": hyp}).summary()
+    assert (s["cor"], s["sub"], s["del"], s["ins"]) == expected
+    assert s["n_words"] == 6 and s["wer"] == pytest.approx(100 * sum(expected[1:]) / 6)
+    assert s["sentence_error_rate"] == (0.0 if hyp == REF else 100.0)
+    # The pairs spell out both sides.
+    assert [r for r, _, _ in pairs if r] == REF.split() and [h for _, h, _ in pairs if h] == hyp.split()
+
+
+def test_deletion_is_placed_where_the_word_is_missing():
+    _, pairs = align(REF.split(), "THE CAT SAT ON MAT".split())
+    assert [op for _, _, op in pairs] == list("CCCCDC") and pairs[4] == ("THE", None, "D")
+
+
+def test_mandarin_cer():
+    ref = {"a1": "今天 天气 很好", "a2": "我爱北京"}
+    hyp = {"a1": "今天天汽很好", "a2": "我爱北京天安门"}
+    s = score(ref, hyp).summary()
+    # Characters, spaces ignored: 1 substitution (气->汽) and 3 insertions over 10 characters.
+    assert (s["n_chars"], s["char_cor"], s["char_sub"], s["char_del"], s["char_ins"]) == (10, 9, 1, 0, 3)
+    assert s["cer"] == pytest.approx(40.0)
+    assert s["n_words"] == 4 and s["n_utts"] == 2 and s["sentence_error_rate"] == 100.0
+
+
+def test_empty_and_missing_hypotheses(caplog):
+    ref = {"u1": "A B C", "u2": "D E", "u3": "F"}
+    with caplog.at_level(logging.WARNING):
+        res = score(ref, {"u1": "", "u3": "F"})
+    s = res.summary()
+    assert res.missing == ["u2"] and s["n_missing"] == 1
+    assert (s["cor"], s["sub"], s["del"], s["ins"], s["n_words"]) == (1, 0, 5, 0, 6)
+    assert s["char_del"] == 5 and s["sentence_error_rate"] == pytest.approx(200 / 3)
+    assert "1 of 3 utterances have no hypothesis" in caplog.text and "u2" in caplog.text
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="hypothesis for utterance u9 has no reference"):
+        score({"u1": "A"}, {"u1": "A", "u9": "B"})
+    with pytest.raises(ValueError, match="utterance u2: empty reference"):
+        score({"u1": "A", "u2": "  "}, {"u1": "A", "u2": "B"})
+
+
+def test_counts_agree_with_jiwer():
+    rng = random.Random(7)
+    for _ in range(300):
+        ref = [rng.choice("ABCDE") for _ in range(rng.randint(1, 15))]
+        hyp = [rng.choice("ABCDE") for _ in range(rng.randint(0, 15))]
+        c, _ = align(ref, hyp)
+        o = jiwer.process_words(" ".join(ref), " ".join(hyp))
+        assert counts(c) == (o.hits, o.substitutions, o.deletions, o.insertions), (ref, hyp)
+        s = score({"u": " ".join(ref)}, {"u": " ".join(hyp)}).summary()
+        assert s["wer"] == pytest.approx(100 * jiwer.wer(" ".join(ref), " ".join(hyp)))
+
+
+def test_alignment_block():
+    _, pairs = align(REF.split(), "A CAT DOWN SAT ON MAT".split())
+    assert format_alignment("utt1", pairs) == "\n".join([
+        "id: utt1",
+        "Scores: (#C #S #D #I) 4 1 1 1",
+        "REF:  THE CAT ***  SAT ON THE MAT",
+        "HYP:  A   CAT DOWN SAT ON *** MAT",
+        "EVAL: S       I           D",
+    ])
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def ref_dir(tmp_path):
+    d = tmp_path / "dump" / "fbank" / "test"
+    write(d / "text", f"u1 {REF}\nu2 HELLO WORLD\nu3 GOOD MORNING\n")
+    write(d / "utt2num_frames", "u1 101\nu2 201\nu3 301\n")   # 1.025 s, 2.025 s, 3.025 s
+    return d
+
+
+def make_decode_dir(d, hyps, times, info):
+    write(d / "text", "".join(f"{u} {h}".rstrip() + "\n" for u, h in hyps.items()))
+    if times is not None:
+        write(d / "decode_time", "".join(f"{u} {t}\n" for u, t in times.items()))
+    if info is not None:
+        write(d / "decode_info.json", json.dumps(info))
+    return d
+
+
+INFO = {"model_dir": "exp/teacher_ar", "method": "ar_beam10", "params": 12_345_678, "size_mb": 47.1,
+        "kind": "ar", "command": "python -m kdtool.bin.decode --beam 10", "beam": 10}
+
+
+def test_score_cli(tmp_path, ref_dir):
+    dec = make_decode_dir(tmp_path / "exp" / "teacher_ar" / "decode_ar_beam10_test",
+                          {"u1": "THE CAT SAT ON MAT", "u2": "HELLO WORD", "u3": "GOOD MORNING"},
+                          {"u1": 0.5, "u2": 0.25, "u3": 1.0}, INFO)
+    out = subprocess.run([sys.executable, "-m", "kdtool.bin.score", "--ref", str(ref_dir), str(dec)],
+                         capture_output=True, text=True, check=True)
+    assert "WER 20.00%" in out.stdout and "RTF 0.2881" in out.stdout
+    s = json.loads((dec / "score.json").read_text())
+    assert s["wer"] == pytest.approx(20.0) and (s["sub"], s["del"], s["ins"], s["n_words"]) == (1, 1, 0, 10)
+    # Characters (38): THE deleted (3) and WORLD -> WORD (1 deletion).
+    assert (s["n_chars"], s["char_sub"], s["char_del"], s["char_ins"]) == (38, 0, 4, 0)
+    assert s["cer"] == pytest.approx(400 / 38) and s["sentence_error_rate"] == pytest.approx(200 / 3)
+    assert s["decode_seconds"] == pytest.approx(1.75) and s["audio_seconds"] == pytest.approx(6.075)
+    assert s["rtf"] == pytest.approx(1.75 / 6.075)
+    assert s["n_utts"] == 3 and s["n_missing"] == 0
+    assert s["test_set"] == "test" and s["ref_dir"] == str(ref_dir)
+    assert {k: s[k] for k in INFO} == INFO   # everything in decode_info.json, extra keys too
+    blocks = (dec / "alignment.txt").read_text().split("\n\n")
+    assert [b.splitlines()[0] for b in blocks if b.strip()] == ["id: u1", "id: u2", "id: u3"]
+    assert "HYP:  HELLO WORD" in blocks[1] and "EVAL:       S" in blocks[1]
+    assert (dec / "alignment_char.txt").read_text().startswith("id: u1\nScores: (#C #S #D #I) 14 0 3 0\n")
+
+
+def test_score_without_timing_or_info(tmp_path, ref_dir, caplog):
+    dec = make_decode_dir(tmp_path / "dec", {"u1": REF, "u3": ""}, None, None)
+    with caplog.at_level(logging.WARNING):
+        s = score_decode_dir(ref_dir, dec)
+    assert s["rtf"] is None and s["decode_seconds"] is None and s["params"] is None and s["command"] is None
+    assert s["audio_seconds"] == pytest.approx(1.025 + 3.025)   # decoded utterances only
+    assert s["n_missing"] == 1 and s["del"] == 4 and s["wer"] == pytest.approx(40.0)
+    assert "decode_time not found" in caplog.text and "decode_info.json not found" in caplog.text
+
+
+def test_score_cli_errors(tmp_path, ref_dir):
+    dec = make_decode_dir(tmp_path / "dec", {"u1": REF, "u7": "X"}, {"u1": 1, "u7": 1}, INFO)
+    out = subprocess.run([sys.executable, "-m", "kdtool.bin.score", "--ref", str(ref_dir), str(dec)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "hypothesis for utterance u7 has no reference" in out.stderr
+    assert "Traceback" not in out.stderr and not (dec / "score.json").exists()
+    make_decode_dir(dec, {"u1": REF}, {"u2": 1}, INFO)
+    with pytest.raises(ValueError, match="decode_time: no entry for utterance u1"):
+        score_decode_dir(ref_dir, dec)
+
+
+def test_make_results(tmp_path, ref_dir):
+    exp = tmp_path / "exp"
+    hyps = {"u1": REF, "u2": "HELLO WORLD", "u3": "GOOD MORNING"}
+    times = dict.fromkeys(hyps, 0.1)
+    dev = ref_dir.parent / "dev"
+    dev.mkdir()
+    for name in ("text", "utt2num_frames"):
+        (dev / name).write_text((ref_dir / name).read_text())
+    student = {**INFO, "model_dir": "exp/student_ctc", "method": "ctc_greedy", "kind": "ctc",
+               "params": 1_500_000, "size_mb": 5.9, "command": "python -m kdtool.bin.decode --ctc"}
+    for model, info in (("teacher_ar", INFO), ("student_ctc", student)):
+        for test in (ref_dir, dev):
+            d = make_decode_dir(exp / model / f"decode_{info['method']}_{test.name}", hyps, times, info)
+            score_decode_dir(test, d)
+    # A worse hypothesis for one row, so the table shows the scores of the right dir.
+    make_decode_dir(exp / "student_ctc" / "decode_ctc_greedy_test", {**hyps, "u2": "HELLO"}, times, student)
+    score_decode_dir(ref_dir, exp / "student_ctc" / "decode_ctc_greedy_test")
+
+    out = tmp_path / "RESULTS.md"
+    subprocess.run([sys.executable, "-m", "kdtool.bin.make_results", "--exp", str(exp), "--out", str(out),
+                    "--title", "mini_en kd1"], check=True, capture_output=True)
+    md = out.read_text()
+    assert md.splitlines()[1] == "# mini_en kd1"
+    assert f"- python version: `{platform.python_version()}`" in md
+    for key in ("date", "pytorch version", "espnet version", "kdtool version: `0.1.0`", "git commit", "CPU",
+                "CPU threads"):
+        assert f"- {key}" in md
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert rows[0] == "|model|kind|decode|test set|params (M)|size (MB)|WER|CER|S/D/I|RTF|"
+    assert rows[2:] == [
+        "|student_ctc|ctc|ctc_greedy|dev|1.50|5.90|0.00|0.00|0/0/0|0.0494|",
+        "|student_ctc|ctc|ctc_greedy|test|1.50|5.90|10.00|13.16|0/1/0|0.0494|",
+        "|teacher_ar|ar|ar_beam10|dev|12.35|47.10|0.00|0.00|0/0/0|0.0494|",
+        "|teacher_ar|ar|ar_beam10|test|12.35|47.10|0.00|0.00|0/0/0|0.0494|",
+    ]
+    commands = md.split("## Decode commands")[1]
+    assert commands.count("python -m kdtool.bin.decode --ctc") == 2
+    assert commands.count("python -m kdtool.bin.decode --beam 10") == 2
+    assert commands.index("student_ctc / dev / ctc_greedy") < commands.index("teacher_ar / test / ar_beam10")
+
+
+def test_make_results_without_scores(tmp_path):
+    with pytest.raises(ValueError, match="no score.json found"):
+        write_results(tmp_path, tmp_path / "RESULTS.md")
+    assert not (tmp_path / "RESULTS.md").exists()

@@ -1,0 +1,155 @@
+"""Stage 3 training: a self-contained exp dir for every kind, resume after a kill, bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from kdtool.models import ConfigError
+from kdtool.models.load import load_trained
+from kdtool.train.config import load_config, resolve_config
+from kdtool.train.plot import read_metrics
+from kdtool.train.trainer import train
+
+ENC = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 1}
+DEC = {"attention_heads": 2, "linear_units": 64, "num_blocks": 1}
+KINDS = {
+    "ctc": {"model": "ctc"},
+    "ar": {"model": "ar", "decoder_conf": DEC},
+    "nar": {"model": "nar", "decoder_conf": DEC},
+    "transducer": {"model": "transducer", "decoder_conf": {"hidden_size": 32}, "joint_net_conf": {"joint_space_size": 32}},
+}
+TRAINING = {"encoder_conf": ENC, "max_epoch": 2, "batch_frames": 800, "keep_nbest_models": 2, "log_interval": 1,
+            "scheduler_conf": {"warmup_steps": 5}}
+
+
+def run_train(cfg, exp, f):
+    return train(resolve_config(cfg), exp, f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_trains_into_a_loadable_exp_dir(kind, tiny_features, tmp_path):
+    info = run_train({**KINDS[kind], **TRAINING}, tmp_path / kind, tiny_features)
+    exp = tmp_path / kind
+    loaded = load_trained(exp)
+    assert loaded.model.kind == kind == info["kind"]
+    assert loaded.info["params"] == info["params"] and len(info["averaged"]) == 2
+    assert yaml.safe_load((exp / "config.yaml").read_text())["max_epoch"] == 2
+    train_curve, valid_curve = read_metrics(exp / "csv")
+    assert len(train_curve) > 2 and [e for e, _ in valid_curve] == [1, 2]
+    assert (exp / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # the averaged weights are the mean of the two kept checkpoints
+    ckpts = [torch.load(exp / "checkpoints" / n, weights_only=False)["state_dict"] for n in info["averaged"]]
+    name = next(k for k in loaded.model.state_dict() if k.endswith("weight"))
+    expected = (ckpts[0][f"model.{name}"] + ckpts[1][f"model.{name}"]) / 2
+    torch.testing.assert_close(loaded.model.state_dict()[name], expected)
+
+
+def test_rerun_of_a_finished_run_changes_nothing(tiny_features, tmp_path):
+    cfg = {**KINDS["ctc"], **TRAINING}
+    run_train(cfg, tmp_path / "e", tiny_features)
+    before = torch.load(tmp_path / "e" / "model.pth")
+    run_train(cfg, tmp_path / "e", tiny_features)
+    after = torch.load(tmp_path / "e" / "model.pth")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(tiny_features, tmp_path):
+    cfg = {**KINDS["ar"], **TRAINING, "max_epoch": 5, "specaug_conf": {"apply_time_warp": False,
+                                                                       "time_mask_width_range": [0, 5]}}
+    conf = tmp_path / "train.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    f = tiny_features
+
+    def cmd(exp):
+        return [sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
+                "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
+                "--exp_dir", str(exp), "--accelerator", "cpu", "--devices", "1"]
+
+    subprocess.run(cmd(tmp_path / "clean"), check=True, capture_output=True)
+    # Kill the second run mid-way (after some epoch's checkpoint, before the end), then rerun it.
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "checkpoints" / "epoch001.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model.pth").exists(), "the kill should land before training ends"
+    subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True)
+    clean, resumed = torch.load(tmp_path / "clean" / "model.pth"), torch.load(tmp_path / "killed" / "model.pth")
+    assert clean.keys() == resumed.keys()
+    for k in clean:
+        torch.testing.assert_close(resumed[k], clean[k], rtol=0, atol=0, msg=k)
+    info = json.loads((tmp_path / "killed" / "model_info.json").read_text())
+    assert info["averaged"] == json.loads((tmp_path / "clean" / "model_info.json").read_text())["averaged"]
+    # the learning curve spans both runs
+    assert [e for e, _ in read_metrics(tmp_path / "killed" / "csv")[1]] == [1, 2, 3, 4, 5]
+
+
+def test_unknown_config_key_fails_before_training(tmp_path, tiny_features):
+    conf = tmp_path / "bad.yaml"
+    conf.write_text(yaml.safe_dump({**KINDS["ctc"], **TRAINING, "max_epochs": 3}))
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key\(s\) \['max_epochs'\]"):
+        load_config(conf)
+    f = tiny_features
+    p = subprocess.run([sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
+                        "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
+                        "--exp_dir", str(tmp_path / "e")], capture_output=True, text=True)
+    assert p.returncode == 1 and "unknown key(s) ['max_epochs']" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "e").exists()
+    with pytest.raises(ConfigError, match="model: unknown kind 'rnnt'"):
+        run_train({**TRAINING, "model": "rnnt"}, tmp_path / "e2", f)
+
+
+def test_empty_data_set_fails_before_training(tiny_features, tmp_path):
+    empty = tmp_path / "empty"
+    shutil.copytree(tiny_features["feats"], empty)
+    for name in ("feats.scp", "utt2num_frames", "text", "utt2spk", "spk2utt", "wav.scp"):
+        (empty / name).write_text("")
+    with pytest.raises(ValueError, match="the training set is empty"):
+        train(resolve_config({**KINDS["ctc"], **TRAINING}), tmp_path / "e", empty, tiny_features["feats"],
+              tiny_features["tokens"], tiny_features["cmvn"], accelerator="cpu", devices=1)
+
+
+def test_loading_checks_weights_tokens_and_kind(tiny_features, tmp_path):
+    exp = tmp_path / "e"
+    run_train({**KINDS["ctc"], **TRAINING, "max_epoch": 1, "keep_nbest_models": 1}, exp, tiny_features)
+    tokens = (exp / "tokens" / "tokens.txt").read_text().splitlines()
+    (exp / "tokens" / "tokens.txt").write_text("\n".join(tokens[:-3] + ["<extra>"] + tokens[-2:]) + "\n")
+    (exp / "tokens" / "tokens.txt").write_text("\n".join(tokens[:2] + ["X"] + tokens[2:]) + "\n")
+    with pytest.raises(ValueError, match=rf"model.pth: does not fit a ctc model with the {len(tokens) + 1}-token list"):
+        load_trained(exp)
+    (exp / "tokens" / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    config = yaml.safe_load((exp / "config.yaml").read_text())
+    (exp / "config.yaml").write_text(yaml.safe_dump({**config, **KINDS["ar"]}))
+    with pytest.raises(ValueError, match="does not fit a ar model"):
+        load_trained(exp)
+    (exp / "config.yaml").write_text(yaml.safe_dump(config))
+    (exp / "model.pth").unlink()
+    with pytest.raises(FileNotFoundError, match=r"not a trained model dir: model.pth is missing"):
+        load_trained(exp)
+
+
+def test_each_epoch_sees_the_batches_in_another_order(tiny_features, tmp_path):
+    seen = []
+
+    def recording_loss(model, batch):
+        if model.training:  # validation batches go through the loss too
+            seen.append(tuple(batch["utts"]))
+        return model(batch["feats"], batch["feats_lens"], batch["ys"], batch["ys_lens"])
+
+    cfg = resolve_config({**KINDS["ctc"], **TRAINING, "max_epoch": 4, "batch_frames": 300})
+    f = tiny_features
+    train(cfg, tmp_path / "e", f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1,
+          loss_fn=recording_loss)
+    n = len(seen) // 4
+    epochs = [seen[i * n:(i + 1) * n] for i in range(4)]
+    assert n >= 4 and all(sorted(e) == sorted(epochs[0]) for e in epochs)
+    assert len(set(map(tuple, epochs))) > 1, "the batch order must change between epochs"
