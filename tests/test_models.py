@@ -68,6 +68,8 @@ def test_frame_count_does_not_depend_on_the_batch(layer, expected):
     assert enc_lens.tolist() == expected == [subsampled_length(model, n) for n in (90, 70)]
     alone, alone_lens = model.encode(feats[1:, :70], lens[1:])
     assert alone_lens.tolist() == [expected[1]]
+    # padding does not leak into valid frames (the Conformer's depthwise convolution included)
+    torch.testing.assert_close(alone[0], enc[1, :expected[1]], rtol=1e-5, atol=1e-5)
 
 
 def test_param_count_and_size():

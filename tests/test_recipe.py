@@ -50,7 +50,7 @@ def test_stages_1_and_2_make_valid_data_features_and_tokens(mini_en):
     tok = Tokenizer(mini_en / "data/token_list/bpe_unigram300")
     text = DataDir(mini_en / "data/train").read("text")
     assert all(tok.ids2text(tok.text2ids(t)) == t for t in text.values())
-    times = [ln.split("\t")[0] for ln in (mini_en / "exp/stage_times.tsv").read_text().splitlines()]
+    times = [ln.split("\t")[0] for ln in (mini_en / "exp_fast/stage_times.tsv").read_text().splitlines()]
     assert times == ["1", "2"]
 
 

@@ -19,7 +19,10 @@ from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 from espnet2.asr.specaug.specaug import SpecAug
 from espnet2.asr_transducer.joint_network import JointNetwork
 
-ENCODERS = {"conformer": ConformerEncoder, "transformer": TransformerEncoder}
+from kdtool.models.streaming import StreamingConformerEncoder
+
+ENCODERS = {"conformer": ConformerEncoder, "transformer": TransformerEncoder,
+            "streaming_conformer": StreamingConformerEncoder}
 # espnet's own defaults keep legacy positional encodings and no macaron/conv module; these are
 # what its Conformer recipes set. flash attention is not installed (nor needed on CPU).
 ENCODER_DEFAULTS = {
@@ -27,6 +30,7 @@ ENCODER_DEFAULTS = {
                       rel_pos_type="latest", macaron_style=True, use_cnn_module=True, cnn_module_kernel=15,
                       activation_type="swish"),
     "transformer": dict(use_flash_attn=False),
+    "streaming_conformer": {},  # its own constructor's defaults
 }
 DECODERS = {"transformer": TransformerDecoder, "mlm": MLMDecoder, "rnn": TransducerDecoder}
 IGNORE_ID = -1
@@ -43,7 +47,8 @@ class ASRModel(torch.nn.Module):
         self.blank, self.sos, self.eos, self.mask_token = 0, vocab_size - 2, vocab_size - 2, vocab_size - 1
         self.specaug = SpecAug(**specaug_conf) if specaug_conf else None
         self.encoder = ENCODERS[encoder](input_size=input_size, **{**ENCODER_DEFAULTS[encoder], **encoder_conf})
-        _exact_subsampled_lengths(self.encoder.embed)
+        if encoder != "streaming_conformer":  # that one computes exact lengths itself
+            _exact_padding(self.encoder)
 
     def encode(self, feats, feats_lens):
         if self.specaug is not None and self.training:
@@ -159,26 +164,41 @@ class TransducerModel(ASRModel):
         return loss, stats
 
 
-def _exact_subsampled_lengths(embed):
-    """espnet's conv subsampling slices the padded mask to get output lengths, so an utterance's
-    frame count depends on the padding of its batch (70 frames alone: 16; padded to 90: 18).
-    Stored soft labels must line up with a student's frames whatever the batch, so recompute the
-    mask from the convolution arithmetic. A forward hook keeps espnet's parameter names."""
+def _exact_padding(encoder):
+    """Make an espnet Conformer/Transformer encoder's output for an utterance independent of the
+    batch it is in, so that stored soft labels line up with a student's frames and batched decoding
+    equals one-at-a-time decoding:
+    - the conv subsampling slices the padded mask to get output lengths (70 frames alone: 16 out;
+      padded to 90: 18): recompute the mask from the convolution arithmetic;
+    - the Conformer convolution module does not mask padding, so padded frames leak into valid ones
+      through its depthwise convolution: zero them first, as WeNet does.
+    Hooks keep espnet's parameter names, so its checkpoints still load."""
+    embed = encoder.embed
     convs = [m for m in getattr(embed, "conv", []) if isinstance(m, torch.nn.Conv2d)]
-    if not convs:
-        return
+    state = {}
 
-    def hook(module, inputs, output):
+    def embed_hook(module, inputs, output):
         xs, mask = output
-        if mask is None:
+        if mask is None or not convs:
+            state["mask"] = mask
             return output
         lens = inputs[1].squeeze(1).sum(-1)
         for conv in convs:
             lens = (lens - conv.kernel_size[0]) // conv.stride[0] + 1
-        t = mask.size(-1)
-        return xs, (torch.arange(t, device=mask.device)[None, :] < lens[:, None]).unsqueeze(1)
+        mask = (torch.arange(mask.size(-1), device=mask.device)[None, :] < lens[:, None]).unsqueeze(1)
+        state["mask"] = mask
+        return xs, mask
 
-    embed.register_forward_hook(hook)
+    def zero_padding(module, args):
+        mask = state.get("mask")  # [B, 1, T'] True where valid; the conv input is [B, C, T']
+        if mask is not None and mask.size(-1) == args[0].size(-1):
+            return (args[0].masked_fill(~mask, 0.0),)
+
+    embed.register_forward_hook(embed_hook)
+    for layer in getattr(encoder, "encoders", []):
+        conv_module = getattr(layer, "conv_module", None)
+        if conv_module is not None:
+            conv_module.depthwise_conv.register_forward_pre_hook(zero_padding)
 
 
 def subsampled_length(model, n_frames):

@@ -27,6 +27,12 @@ n_mels=80
 token_type=bpe          # bpe (sentencepiece) or char
 nbpe=300                # sentencepiece vocabulary size
 bpe_model_type=unigram  # unigram or bpe
+# Stage 3: teachers
+teacher_configs=""      # training configs, space separated; each trains exp/<config name without train_>
+ngpu=0                  # GPUs per training job (0: CPU)
+# Stage 6-7: decoding and scoring
+decode_sets=""          # sets to decode (default: valid_set and test_sets)
+models=""               # exp dirs to decode (default: every trained model under expdir)
 
 help_message="Usage: $0 [options]   (see the option list below; recipes pass theirs from run.sh)"
 . utils/parse_options.sh
@@ -79,10 +85,59 @@ if in_stages 2; then
   stage_done 2
 fi
 
-for n in 3 4 5 6 7; do
-  if in_stages ${n}; then
-    log "Stage ${n} is not in kdtool yet (stages 3-7 come with the models and distillation work); stopping here"
-    break
-  fi
-done
+if in_stages 3; then
+  for config in ${teacher_configs}; do
+    exp=${expdir}/$(basename "${config}" .yaml | sed 's/^train_//')
+    log "Stage 3: training ${exp} (${config}); log: ${exp}/train.log"
+    ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
+      python -m kdtool.bin.train --config "${config}" --train_data "${dumpdir}/fbank/${train_sp}" \
+        --valid_data "${dumpdir}/fbank/${valid_set}" --token_list "${token_dir}" \
+        --cmvn "${dumpdir}/fbank/${train_sp}/cmvn.ark" --exp_dir "${exp}" \
+        --accelerator "$([ "${ngpu}" -gt 0 ] && echo gpu || echo cpu)" --devices "$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo 1)"
+  done
+  stage_done 3
+fi
+
+if in_stages 4 || in_stages 5; then
+  log "Stages 4-5 (soft labels, distillation) are not in kdtool yet; skipping"
+fi
+
+# Every trained model (a dir with model.pth) is decoded with each conf/decode_<kind>_*.yaml that fits its kind.
+if [ -z "${models}" ] && { in_stages 6 || in_stages 7; }; then
+  models=$(find "${expdir}" -mindepth 2 -maxdepth 2 -name model.pth -printf '%h ' 2>/dev/null | xargs -n1 | sort | xargs)
+fi
+[ -n "${decode_sets}" ] || decode_sets="${valid_set} ${test_sets}"
+decode_dirs() {  # model -> the decode configs for its kind
+  local kind; kind=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['kind'])" "$1/model_info.json")
+  ls conf/decode_"${kind}"_*.yaml 2>/dev/null || true
+}
+
+if in_stages 6; then
+  for model in ${models}; do
+    for config in $(decode_dirs "${model}"); do
+      name=$(basename "${config}" .yaml | sed 's/^decode_//')
+      for x in ${decode_sets}; do
+        log "Stage 6: decoding ${x} with ${model} (${config})"
+        ${decode_cmd} "${model}/decode_${name}_${x}/decode.log" \
+          python -m kdtool.bin.decode --model_dir "${model}" --data "${dumpdir}/fbank/${x}" --config "${config}" \
+            --out_dir "${model}/decode_${name}_${x}"
+      done
+    done
+  done
+  stage_done 6
+fi
+
+if in_stages 7; then
+  for model in ${models}; do
+    for config in $(decode_dirs "${model}"); do
+      name=$(basename "${config}" .yaml | sed 's/^decode_//')
+      for x in ${decode_sets}; do
+        python -m kdtool.bin.score --ref "${dumpdir}/fbank/${x}" "${model}/decode_${name}_${x}"
+      done
+    done
+  done
+  python -m kdtool.bin.make_results --exp "${expdir}" --out RESULTS.md --title "$(basename "$(dirname "${PWD}")")"
+  stage_done 7
+fi
+
 log "Finished in $(( $(date +%s) - run_start )) s"

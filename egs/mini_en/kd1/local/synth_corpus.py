@@ -150,7 +150,9 @@ def read_plan(d):
 def synthesize(row, wav):
     """Speak one planned utterance into ``wav`` (16 kHz, 16 bit, mono), atomically."""
     spoken = row["text"].lower()
-    post = ["-b", "16", "-c", "1"]  # with -D (no dither): the same plan gives the same bytes
+    # -R: repeatable dither, so the same plan gives the same bytes (and silence is never digital zero,
+    # whose log-mel energies would sit at the floor far from any real recording)
+    post = ["-b", "16", "-c", "1"]
     effects = ["gain", "-n", f"-{row['gain']}", "rate", "-h", "16000", "pad", row["pad_start"], row["pad_end"]]
     with atomic_path(wav) as tmp, tempfile.TemporaryDirectory() as td:
         if row["engine"] == "espeak":
@@ -162,7 +164,7 @@ def synthesize(row, wav):
             subprocess.run(["flite", "-voice", row["spec"], "--setf", f"duration_stretch={row['rate']}",
                             "--setf", f"int_f0_target_mean={row['pitch']}", "-t", spoken, "-o", str(raw)],
                            check=True, capture_output=True)
-        subprocess.run(["sox", "-D", str(raw), *post, "-t", "wav", str(tmp), *effects], check=True, capture_output=True)
+        subprocess.run(["sox", "-R", str(raw), *post, "-t", "wav", str(tmp), *effects], check=True, capture_output=True)
 
 
 def synth(args):

@@ -1,0 +1,46 @@
+"""Stage 6: decode a feature dir with a trained model (stage 3 or 5 exp dir).
+
+    python -m kdtool.bin.decode --model_dir exp/teacher_ar --data dump/fbank/test \
+        --config conf/decode_ar_beam10.yaml --out_dir exp/teacher_ar/decode_ar_beam10_test
+
+The config names a method and its options (unknown keys are an error), e.g.
+
+    method: ar_beam        # ctc_greedy | ar_beam | maskctc_greedy | transducer_greedy | transducer_beam
+    beam_size: 10
+    ctc_weight: 0.3
+
+Writes text, decode_time and decode_info.json into --out_dir, ready for
+``python -m kdtool.bin.score --ref <data> <out_dir>``. See kdtool/decode/runner.py for every
+method's options and defaults.
+"""
+import argparse
+import shlex
+import sys
+
+from kdtool.bin._common import run_main
+from kdtool.decode.runner import decode_dir, load_decode_config
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_dir", required=True, help="trained exp dir (model.pth, config.yaml, tokens/, cmvn.ark)")
+    p.add_argument("--data", required=True, help="feature dir from stage 2 (feats.scp, utt2num_frames)")
+    p.add_argument("--config", required=True, help="decode YAML: method and its options")
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (1: single-thread RTF)")
+    return p
+
+
+def main():
+    parser = get_parser()
+    args = parser.parse_args()
+    if args.num_threads < 1:
+        parser.error(f"--num_threads must be 1 or more, not {args.num_threads}")
+    method, options = load_decode_config(args.config)  # a bad config fails before the model is loaded
+    command = "python -m kdtool.bin.decode " + shlex.join(sys.argv[1:])
+    info = decode_dir(args.model_dir, args.data, method, options, args.out_dir, args.num_threads, command)
+    print(f"{args.out_dir}: {info['utterances']} utterances decoded with {info['method']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,168 @@
+"""Stage 6: decode every utterance of a feature dir with a trained model.
+
+A decode config (YAML) names a ``method`` and its options; each method's options and defaults
+are in METHODS. Writes into the output dir (each file atomically):
+
+    text               <utt> <hypothesis>, every utterance, sorted; an empty hypothesis is the id alone
+    decode_time        <utt> <seconds>: a batch's wall time (encoder + search, not feature reading)
+                       split over its utterances in proportion to their frames
+    decode_info.json   model_dir, kind, params, size_mb, method, config, command, num_threads, utterances
+"""
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from kdtool.data.datadir import c_sorted
+from kdtool.decode import maskctc
+from kdtool.decode.ar import ARBeamSearch
+from kdtool.decode.ctc import ctc_greedy_search
+from kdtool.decode.transducer import SEARCH_TYPES, TransducerBeamSearch, greedy_search
+from kdtool.models import ConfigError
+from kdtool.models.asr import subsampled_length
+from kdtool.models.load import load_trained
+from kdtool.train.dataset import SpeechDataset, collate
+from kdtool.utils.atomic import atomic_open, write_lines
+
+
+def _needs_ctc(model):
+    if getattr(model, "ctc", None) is None:
+        raise ValueError(f"ctc_greedy needs a CTC head; this {model.kind} model has none (trained with ctc_weight 0)")
+
+
+def _needs_kind(kind, method):
+    def check(model):
+        if model.kind != kind:
+            raise ValueError(f"{method} decodes {kind} models, not a {model.kind} model")
+    return check
+
+
+@dataclass
+class Method:
+    defaults: dict  # every option the method takes; batch_size only where it decodes a batch at once
+    check: Callable  # model -> None, or a ValueError saying why this model cannot be decoded so
+    build: Callable  # (model, options without batch_size) -> fn(enc, enc_lens) -> lists of token ids
+    name: Callable  # options -> the method's name in decode_info.json, e.g. ar_beam10
+
+
+METHODS = {
+    "ctc_greedy": Method({"batch_size": 16}, _needs_ctc, lambda m, o: partial(ctc_greedy_search, m),
+                         lambda o: "ctc_greedy"),
+    "ar_beam": Method({"beam_size": 10, "ctc_weight": 0.3, "penalty": 0.0, "maxlenratio": 0.0, "minlenratio": 0.0},
+                      _needs_kind("ar", "ar_beam"), lambda m, o: ARBeamSearch(m, **o),
+                      lambda o: f"ar_beam{o['beam_size']}"),
+    "maskctc_greedy": Method({"batch_size": 16, "threshold": 0.99, "n_iterations": 10}, maskctc.check_model,
+                             lambda m, o: partial(maskctc.maskctc_greedy, m, **o), lambda o: "maskctc_greedy"),
+    "transducer_greedy": Method({"batch_size": 16, "max_symbols_per_frame": 5},
+                                _needs_kind("transducer", "transducer_greedy"),
+                                lambda m, o: partial(greedy_search, m, **o), lambda o: "transducer_greedy"),
+    # max_sym_exp: tsd's expansions per frame (espnet's meaning: at most max_sym_exp - 1 labels);
+    # u_max: alsd's longest output
+    "transducer_beam": Method({"beam_size": 4, "search_type": "default", "max_sym_exp": 2, "u_max": 50,
+                               "score_norm": True},
+                              _needs_kind("transducer", "transducer_beam"), lambda m, o: TransducerBeamSearch(m, **o),
+                              lambda o: f"transducer_beam{o['beam_size']}"
+                                        + ("" if o["search_type"] == "default" else f"_{o['search_type']}")),
+}
+# tsd emits at most max_sym_exp - 1 labels per frame: 1 would emit none
+MINIMUM = {"batch_size": 1, "beam_size": 1, "max_symbols_per_frame": 1, "max_sym_exp": 2, "u_max": 1,
+           "n_iterations": 0}
+CHOICES = {"search_type": SEARCH_TYPES}
+
+
+def resolve_decode_config(config, source="decode config"):
+    """Check a decode config and fill in its method's defaults: returns (method, options)."""
+    if not isinstance(config, dict) or "method" not in config:
+        raise ConfigError(f"{source}: expected a mapping with a 'method' key (one of {sorted(METHODS)})")
+    method = config["method"]
+    if method not in METHODS:
+        raise ConfigError(f"{source}: method: unknown {method!r}; choose one of {sorted(METHODS)}")
+    defaults = METHODS[method].defaults
+    unknown = sorted(set(config) - {"method"} - set(defaults))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} for method {method}; allowed: {sorted(defaults)}")
+    options = {**defaults, **{k: v for k, v in config.items() if k != "method"}}
+    for key, value in options.items():
+        want = type(defaults[key])
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        ok = ok or (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (key in MINIMUM and value < MINIMUM[key]):
+            at_least = f" >= {MINIMUM[key]}" if key in MINIMUM else ""
+            raise ConfigError(f"{source}: {key}: expected a{'n' if want is int else ''} {want.__name__}{at_least}, "
+                              f"not {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{source}: {key}: unknown {value!r}; choose one of {list(CHOICES[key])}")
+    return method, {k: float(v) if isinstance(defaults[k], float) else v for k, v in options.items()}
+
+
+def load_decode_config(path):
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: decode config not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return resolve_decode_config(config, source=str(path))
+
+
+def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, command=None):
+    """Decode ``data_dir`` with the model of ``model_dir``; returns decode_info as a dict."""
+    spec = METHODS[method]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads)  # single-thread by default: the RTF of one CPU core
+    try:
+        trained = load_trained(model_dir)
+        model, tokenizer = trained.model, trained.tokenizer
+        spec.check(model)  # before reading any features
+        batch_size = options.get("batch_size", 1)
+        search = spec.build(model, {k: v for k, v in options.items() if k != "batch_size"})
+        ds = SpeechDataset(data_dir, tokenizer, cmvn_path=Path(model_dir) / "cmvn.ark", require_text=False)
+        if len(ds) == 0:
+            raise ValueError(f"{data_dir}: no utterances to decode")
+        hyps, seconds = _decode(model, tokenizer, ds, search, batch_size)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    out = Path(out_dir)
+    write_lines(out / "text", (f"{u} {hyps[u]}".rstrip() for u in c_sorted(hyps)))
+    write_lines(out / "decode_time", (f"{u} {seconds[u]:.6f}" for u in c_sorted(seconds)))
+    info = {**trained.info, "method": spec.name(options), "config": {"method": method, **options},
+            "command": command, "num_threads": num_threads, "utterances": len(ds), "data_dir": str(data_dir)}
+    with atomic_open(out / "decode_info.json", "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return info
+
+
+def _decode(model, tokenizer, ds, search, batch_size):
+    """({utt: text}, {utt: seconds}) for every utterance of ``ds``."""
+    # conv2d subsampling turns too short an input into no frames at all: nothing to decode
+    short = [u for u in ds.utts if subsampled_length(model, ds.num_frames[u]) < 1]
+    if short:
+        logging.warning("%d utterance(s) too short for the encoder's subsampling get an empty hypothesis: %s",
+                        len(short), ", ".join(f"{u} ({ds.num_frames[u]} frames)" for u in short[:5]))
+    hyps, seconds = dict.fromkeys(short, ""), dict.fromkeys(short, 0.0)
+    # longest first, so that the first batches show the worst case (memory, speed) early
+    order = sorted((u for u in ds.utts if u not in hyps), key=lambda u: (-ds.num_frames[u], u))
+    with torch.no_grad(), tqdm(total=len(ds), unit="utt", desc="decode", mininterval=5) as bar:
+        bar.update(len(short))
+        for i in range(0, len(order), batch_size):
+            batch = collate([ds[u] for u in order[i:i + batch_size]])
+            start = time.perf_counter()
+            enc, enc_lens = model.encode(batch["feats"], batch["feats_lens"])
+            ids = search(enc, enc_lens)
+            elapsed = time.perf_counter() - start
+            frames = batch["feats_lens"].tolist()
+            for utt, utt_ids, n in zip(batch["utts"], ids, frames):
+                hyps[utt] = " ".join(tokenizer.ids2text(utt_ids).split())
+                seconds[utt] = elapsed * n / sum(frames)
+            bar.update(len(frames))
+    return hyps, seconds
