@@ -1,4 +1,5 @@
 """The recipe pipeline end to end on the built-in corpus (--fast), and adding a corpus by copying a recipe."""
+import json
 import shutil
 import subprocess
 import textwrap
@@ -28,8 +29,9 @@ def feats_of(recipe, name):
 
 @pytest.fixture(scope="module")
 def mini_en(tmp_path_factory):
+    """The whole --fast recipe, as CI runs it: tiny corpus, tiny teachers, decoding, scoring."""
     recipe = copy_egs(tmp_path_factory.mktemp("r")) / "mini_en" / "kd1"
-    run(recipe, "--fast", "--stop_stage", "2")
+    run(recipe, "--fast")
     return recipe
 
 
@@ -51,7 +53,23 @@ def test_stages_1_and_2_make_valid_data_features_and_tokens(mini_en):
     text = DataDir(mini_en / "data/train").read("text")
     assert all(tok.ids2text(tok.text2ids(t)) == t for t in text.values())
     times = [ln.split("\t")[0] for ln in (mini_en / "exp_fast/stage_times.tsv").read_text().splitlines()]
-    assert times == ["1", "2"]
+    assert times == ["1", "2", "3", "6", "7"]
+
+
+def test_teachers_are_trained_decoded_and_scored(mini_en):
+    exp = mini_en / "exp_fast"
+    expected = {"ar_teacher": ["ar_beam10"], "transducer_teacher": ["transducer_beam4", "transducer_streaming"]}
+    for model, decodes in expected.items():
+        info = json.loads((exp / model / "model_info.json").read_text())
+        assert info["params"] > 0 and (exp / model / "model.pth").exists()
+        for name in decodes:
+            for x in ("dev", "test", "test_unseen"):
+                score = json.loads((exp / model / f"decode_{name}_{x}" / "score.json").read_text())
+                assert score["n_utts"] == 30 and 0 <= score["wer"] and score["rtf"] > 0
+                assert score["params"] == info["params"] and score["test_set"] == x
+    results = (mini_en / "RESULTS.md").read_text()
+    for row in ("ar_teacher", "ar_beam10", "transducer_beam4_alsd", "streaming_chunk16", "test_unseen"):
+        assert row in results, row
 
 
 def test_rerunning_a_stage_alone_gives_the_same_result(mini_en):

@@ -5,7 +5,8 @@ import torch
 
 from kdtool.decode.streaming import encode_chunks, full_context_encode, full_context_greedy, streaming_greedy
 from kdtool.decode.transducer import greedy_search
-from kdtool.models import asr, build_model
+from kdtool.decode.runner import decode_dir, resolve_decode_config
+from kdtool.models import build_model
 from kdtool.models.streaming import StreamingConformerEncoder
 
 V = 20
@@ -20,14 +21,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    """The encoder under its config name, whether or not asr.py lists it yet."""
-    monkeypatch.setitem(asr.ENCODERS, "streaming_conformer", StreamingConformerEncoder)
-    monkeypatch.setitem(asr.ENCODER_DEFAULTS, "streaming_conformer",
-                        asr.ENCODER_DEFAULTS.get("streaming_conformer", {}))
 
 
 def tiny(seed=0, **enc):
@@ -144,3 +137,34 @@ def test_too_short_utterance_is_a_clear_error():
         with pytest.raises(ValueError, match="utterance of 6 frames is too short .* at least 7 frames"):
             run(feats(6))
     assert streaming_greedy(model, feats(7), 4)[1] == 1
+
+
+def test_runner_decodes_chunk_by_chunk(tiny_features, tmp_path):
+    from kdtool.train.config import resolve_config
+    from kdtool.train.trainer import train
+
+    f = tiny_features
+    cfg = {"model": "transducer", "encoder": "streaming_conformer", "encoder_conf": ENC,
+           "decoder_conf": {"hidden_size": 32}, "joint_net_conf": {"joint_space_size": 32},
+           "max_epoch": 8, "batch_frames": 800, "keep_nbest_models": 1, "scheduler_conf": {"warmup_steps": 5}}
+    train(resolve_config(cfg), tmp_path / "t", f["feats"], f["feats"], f["tokens"], f["cmvn"],
+          accelerator="cpu", devices=1)
+
+    def run(config, name):
+        method, options = resolve_decode_config(config)
+        info = decode_dir(tmp_path / "t", f["feats"], method, options, tmp_path / name)
+        return info, (tmp_path / name / "text").read_text()
+
+    info, one_chunk = run({"method": "transducer_streaming", "chunk_size": 1000}, "s1000")
+    assert info["method"] == "streaming_chunk1000"
+    assert one_chunk == run({"method": "transducer_greedy", "batch_size": 1}, "greedy")[1]
+    _, small = run({"method": "transducer_streaming", "chunk_size": 2}, "s2")
+    assert sorted(ln.split()[0] for ln in small.splitlines()) == sorted(ln.split()[0] for ln in one_chunk.splitlines())
+
+    cfg2 = {**cfg, "encoder": "conformer", "encoder_conf": {"output_size": 32, "attention_heads": 2,
+                                                            "linear_units": 64, "num_blocks": 1}, "max_epoch": 1}
+    train(resolve_config(cfg2), tmp_path / "c", f["feats"], f["feats"], f["tokens"], f["cmvn"],
+          accelerator="cpu", devices=1)
+    method, options = resolve_decode_config({"method": "transducer_streaming"})
+    with pytest.raises(ValueError, match="needs a streaming encoder"):
+        decode_dir(tmp_path / "c", f["feats"], method, options, tmp_path / "x")

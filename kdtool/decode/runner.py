@@ -24,6 +24,7 @@ from kdtool.data.datadir import c_sorted
 from kdtool.decode import maskctc
 from kdtool.decode.ar import ARBeamSearch
 from kdtool.decode.ctc import ctc_greedy_search
+from kdtool.decode.streaming import streaming_greedy
 from kdtool.decode.transducer import SEARCH_TYPES, TransducerBeamSearch, greedy_search
 from kdtool.models import ConfigError
 from kdtool.models.asr import subsampled_length
@@ -42,6 +43,23 @@ def _needs_kind(kind, method):
         if model.kind != kind:
             raise ValueError(f"{method} decodes {kind} models, not a {model.kind} model")
     return check
+
+
+def _needs_streaming_encoder(model):
+    _needs_kind("transducer", "transducer_streaming")(model)
+    if not hasattr(model.encoder, "chunk_forward"):
+        raise ValueError("transducer_streaming needs a streaming encoder (encoder: streaming_conformer)")
+
+
+def _streaming_search(model, options):
+    """Chunk by chunk from the features (the encoder never sees the future beyond a chunk)."""
+    left = options["left_context"] or None  # 0: the left context the model was trained with
+
+    def search(feats, feats_lens):
+        return [streaming_greedy(model, f[:n], options["chunk_size"], left, options["max_symbols_per_frame"])[0]
+                for f, n in zip(feats, feats_lens.tolist())]
+    search.takes_feats = True
+    return search
 
 
 @dataclass
@@ -70,10 +88,14 @@ METHODS = {
                               _needs_kind("transducer", "transducer_beam"), lambda m, o: TransducerBeamSearch(m, **o),
                               lambda o: f"transducer_beam{o['beam_size']}"
                                         + ("" if o["search_type"] == "default" else f"_{o['search_type']}")),
+    # chunk_size: encoder frames per chunk (x4 input frames = 40 ms each with conv2d)
+    "transducer_streaming": Method({"chunk_size": 16, "left_context": 0, "max_symbols_per_frame": 5},
+                                   _needs_streaming_encoder, _streaming_search,
+                                   lambda o: f"streaming_chunk{o['chunk_size']}"),
 }
 # tsd emits at most max_sym_exp - 1 labels per frame: 1 would emit none
 MINIMUM = {"batch_size": 1, "beam_size": 1, "max_symbols_per_frame": 1, "max_sym_exp": 2, "u_max": 1,
-           "n_iterations": 0}
+           "n_iterations": 0, "chunk_size": 1, "left_context": 0}
 CHOICES = {"search_type": SEARCH_TYPES}
 
 
@@ -157,8 +179,11 @@ def _decode(model, tokenizer, ds, search, batch_size):
         for i in range(0, len(order), batch_size):
             batch = collate([ds[u] for u in order[i:i + batch_size]])
             start = time.perf_counter()
-            enc, enc_lens = model.encode(batch["feats"], batch["feats_lens"])
-            ids = search(enc, enc_lens)
+            if getattr(search, "takes_feats", False):
+                ids = search(batch["feats"], batch["feats_lens"])
+            else:
+                enc, enc_lens = model.encode(batch["feats"], batch["feats_lens"])
+                ids = search(enc, enc_lens)
             elapsed = time.perf_counter() - start
             frames = batch["feats_lens"].tolist()
             for utt, utt_ids, n in zip(batch["utts"], ids, frames):
