@@ -44,6 +44,7 @@ def tiny_datadir(tmp_path, tiny_wavs):
 
 
 def copy_egs(dst):
+    dst.mkdir(parents=True, exist_ok=True)
     """Copy the recipes (symlinks kept) under ``dst`` with ``dst/tools`` pointing at the real tools,
     so that a recipe's path.sh finds the installed venv."""
     shutil.copytree(REPO / "egs", dst / "egs", symlinks=True,
@@ -67,3 +68,18 @@ def tiny_features(tmp_path_factory, tiny_wavs):
     compute_cmvn(root / "fbank" / "feats.scp", root / "cmvn.ark")
     build_token_list(data.path / "text", root / "tokens", "char")
     return {"feats": root / "fbank", "cmvn": root / "cmvn.ark", "tokens": root / "tokens"}
+
+
+def run_data_sh(recipe, *args, env=None, unset=()):
+    """Run a recipe's local/data.sh; returns (exit code, stdout + stderr)."""
+    import os
+    full_env = {k: v for k, v in os.environ.items() if k not in unset}
+    full_env.update(env or {})
+    proc = subprocess.run(["bash", "local/data.sh", *args], cwd=recipe, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def assert_c_sorted(path):
+    proc = subprocess.run(["sort", "-c", str(path)], env={"LC_ALL": "C"}, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{path} is not sorted in byte order: {proc.stderr}"

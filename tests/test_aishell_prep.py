@@ -1,18 +1,17 @@
 """egs/aishell/kd1/local/data.sh on a tiny fake AISHELL-1 in the real layout, with Mandarin
 synthesized by espeak-ng and stored as 16 kHz wav, as the real corpus is."""
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import assert_c_sorted, copy_egs
+from conftest import run_data_sh as run_recipe_data_sh
 from kdtool.data.audio import load_audio
 from kdtool.data.datadir import DataDir, c_sorted
 from kdtool.data.validate import validate_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = "egs/aishell/kd1"
 TRANSCRIPT = "aishell_transcript_v0.8.txt"
 SENTENCES = ["而 对 楼市 成交 抑制 作用 最 大 的 限 购", "也 成为 地方 政府 的 眼中 钉",
              "自 六月 底 呼和浩特 市 率先 宣布 取消 限 购 后", "各地 政府 便 纷纷 跟进"]
@@ -64,28 +63,12 @@ def make_corpus(root, clips):
 
 @pytest.fixture
 def recipe(tmp_path):
-    """A copy of the recipe in a tree like the repository's, so that path.sh finds tools/venv."""
-    if not (REPO / "tools" / "venv" / ".kdtool-installed").is_file():
-        pytest.skip("tools/venv is not set up")
-    root = tmp_path / "kdtool"
-    ignore = shutil.ignore_patterns("data", "exp", "dump")
-    for rel in ("egs/TEMPLATE", RECIPE):
-        shutil.copytree(REPO / rel, root / rel, symlinks=True, ignore=ignore)
-    (root / "tools").symlink_to(REPO / "tools")
-    return root / RECIPE
+    """A copy of the recipes in a tree like the repository's, so that path.sh finds tools/venv."""
+    return copy_egs(tmp_path / "kdtool") / "aishell" / "kd1"
 
 
 def run_data_sh(recipe, *args, env=None):
-    full_env = {k: v for k, v in os.environ.items() if k != "AISHELL"}
-    full_env.update(env or {})
-    proc = subprocess.run(["bash", "local/data.sh", *args], cwd=recipe, env=full_env,
-                          capture_output=True, text=True, timeout=120)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def assert_c_sorted(path):
-    proc = subprocess.run(["sort", "-c", path], env={**os.environ, "LC_ALL": "C"}, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{path} is not sorted in byte order: {proc.stderr}"
+    return run_recipe_data_sh(recipe, *args, env=env, unset=("AISHELL",))
 
 
 def test_prepares_train_dev_test(tmp_path, recipe, clips):
