@@ -153,3 +153,17 @@ def test_each_epoch_sees_the_batches_in_another_order(tiny_features, tmp_path):
     epochs = [seen[i * n:(i + 1) * n] for i in range(4)]
     assert n >= 4 and all(sorted(e) == sorted(epochs[0]) for e in epochs)
     assert len(set(map(tuple, epochs))) > 1, "the batch order must change between epochs"
+
+
+def test_two_process_ddp_on_cpu_uses_the_same_command(tiny_features, tmp_path):
+    """DDP (gloo on CPU here; NCCL on GPUs) through lightning: `--devices 2` is all it takes."""
+    conf = tmp_path / "train.yaml"
+    conf.write_text(yaml.safe_dump({**KINDS["ctc"], **TRAINING}))
+    f = tiny_features
+    p = subprocess.run([sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
+                        "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
+                        "--exp_dir", str(tmp_path / "ddp"), "--accelerator", "cpu", "--devices", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in p.stderr
+    assert load_trained(tmp_path / "ddp").model.kind == "ctc"
