@@ -6,7 +6,7 @@ import torch
 from kdtool.decode.streaming import encode_chunks, full_context_encode, full_context_greedy, streaming_greedy
 from kdtool.decode.transducer import greedy_search
 from kdtool.decode.runner import decode_dir, resolve_decode_config
-from kdtool.models import build_model
+from kdtool.models import asr, build_model
 from kdtool.models.streaming import StreamingConformerEncoder
 
 V = 20

@@ -1,0 +1,235 @@
+"""Stored soft labels: the one module that knows their bytes.
+
+A soft-label dump dir (stage 4 output, stage 5 input) holds::
+
+    soft_labels.json          metadata (below)
+    soft_labels.<job>.ark     float32 matrices written by kaldiio, one per utterance
+    soft_labels.<job>.scp     <utt> <absolute ark path>:<byte offset>, one job's utterances
+    soft_labels.scp           all jobs' scp lines, sorted (LC_ALL=C); written last, by merge_jobs
+
+``soft_labels.json``:
+
+    type            "frame_posteriors" (the teacher's CTC posteriors) | "fb_posteriors" (CTC
+                    forward-backward occupancies given the transcript, see kdtool.kd.forward_backward)
+    topk            int K, or null for dense storage
+    vocab_size      V: the length of tokens.txt (every CTC head has V outputs)
+    temperature     the temperature the teacher posteriors were computed at (1.0: none)
+    tokens_sha256   sha256 of the teacher's tokens.txt bytes; a student must use the same list
+    teacher         path of the teacher's exp dir
+    subsampling     teacher encoder frames per input (10 ms) frame, e.g. 4
+    frame_shift_ms  input frame shift (10)
+    format_version  1
+
+Per utterance one float32 matrix:
+
+    dense  [T, V]   probabilities, rows sum to 1
+    top-k  [T, 2K]  columns 0..K-1: token ids (float32 is exact for ids < 2^24);
+                    columns K..2K-1: their probabilities, renormalized to sum to 1 over the K kept
+
+A job writes its ark and scp under temporary names and renames them when complete (ark first,
+then scp), and any stale merged ``soft_labels.scp`` is removed when a job starts, so a killed
+stage never leaves an scp that a reader could take for complete.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import torch
+
+from kdtool.data.datadir import c_sorted, read_table, write_table
+from kdtool.utils.atomic import atomic_open
+
+FORMAT_VERSION = 1
+TYPES = ("frame_posteriors", "fb_posteriors")
+META_KEYS = ("type", "topk", "vocab_size", "temperature", "tokens_sha256", "teacher", "subsampling",
+             "frame_shift_ms")
+MAX_ID = 2 ** 24  # float32 holds every integer below this exactly
+
+
+class SoftLabelError(ValueError):
+    """A soft-label dump that cannot be used; the message names the file (and utterance)."""
+
+
+class MissingSoftLabelError(SoftLabelError, KeyError):
+    """An utterance that the dump does not hold (a KeyError too, for ``dict``-like callers)."""
+
+    __str__ = Exception.__str__  # KeyError would quote the message
+
+
+def tokens_sha256(tokens_path):
+    return hashlib.sha256(Path(tokens_path).read_bytes()).hexdigest()
+
+
+def to_topk(probs, k):
+    """The k most probable tokens per frame: (ids [T, k] long, probs [T, k] float), probs renormalized."""
+    if not 1 <= k <= probs.shape[-1]:
+        raise ValueError(f"topk={k} must be in 1..{probs.shape[-1]} (the vocabulary size)")
+    p, ids = torch.topk(probs.float(), k, dim=-1)
+    return ids, p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def check_meta(meta):
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise SoftLabelError(f"soft-label metadata lacks {missing}")
+    if meta["type"] not in TYPES:
+        raise SoftLabelError(f"soft-label type {meta['type']!r} is not one of {TYPES}")
+    if not 1 < meta["vocab_size"] < MAX_ID:
+        raise SoftLabelError(f"vocab_size {meta['vocab_size']} is outside 2..{MAX_ID - 1}")
+    if meta["topk"] is not None and not 1 <= meta["topk"] <= meta["vocab_size"]:
+        raise SoftLabelError(f"topk {meta['topk']} is outside 1..vocab_size ({meta['vocab_size']})")
+    return {**meta, "format_version": FORMAT_VERSION}
+
+
+def job_paths(out_dir, job):
+    d = Path(out_dir).resolve()  # absolute paths in the scp: readable from any working dir
+    return d / f"soft_labels.{job}.ark", d / f"soft_labels.{job}.scp"
+
+
+class SoftLabelWriter:
+    """Write one job's soft labels: ``with SoftLabelWriter(dir, meta, job) as w: w.write(utt, probs)``.
+
+    ``probs`` is a dense [T, V] probability matrix (tensor or array); it is stored dense or as
+    top-k, as ``meta['topk']`` says. Nothing appears under the final names unless the block ends
+    without an exception.
+    """
+
+    def __init__(self, out_dir, meta, job=1):
+        self.out_dir, self.meta, self.job = Path(out_dir), check_meta(meta), job
+        self.ark, self.scp = job_paths(out_dir, job)
+        self.tmp_ark, self.tmp_scp = (p.with_name(f"{p.name}.tmp.{os.getpid()}") for p in (self.ark, self.scp))
+        self._writer = None
+
+    def __enter__(self):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # Old outputs would no longer match the ark we are about to replace.
+        for stale in (self.out_dir / "soft_labels.scp", self.scp):
+            stale.unlink(missing_ok=True)
+        with atomic_open(self.out_dir / "soft_labels.json") as f:
+            json.dump(self.meta, f, indent=2, sort_keys=True)
+        self._writer = kaldiio.WriteHelper(f"ark,scp:{self.tmp_ark},{self.tmp_scp}")
+        return self
+
+    def write(self, utt, probs):
+        probs = torch.as_tensor(probs).detach().float().cpu()
+        V = self.meta["vocab_size"]
+        if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] != V:
+            raise SoftLabelError(f"utterance {utt}: soft labels must be [T >= 1, V={V}], got {list(probs.shape)}")
+        sums = probs.sum(-1)
+        if probs.min() < 0 or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+            raise SoftLabelError(f"utterance {utt}: rows are not probability distributions "
+                                 f"(min {probs.min():.3g}, row sums {sums.min():.4g}..{sums.max():.4g}); "
+                                 "log-probabilities or logits given?")
+        if self.meta["topk"] is not None:
+            ids, p = to_topk(probs, self.meta["topk"])
+            probs = torch.cat([ids.float(), p], dim=-1)
+        self._writer(utt, probs.numpy().astype(np.float32))
+
+    __call__ = write
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self._writer.close()
+            if exc_type is None:
+                # The scp names the temporary ark; byte offsets stay valid after the rename.
+                self.tmp_scp.write_text(self.tmp_scp.read_text().replace(f"{self.tmp_ark}:", f"{self.ark}:"))
+                os.replace(self.tmp_ark, self.ark)
+                os.replace(self.tmp_scp, self.scp)
+        finally:
+            for t in (self.tmp_ark, self.tmp_scp):
+                t.unlink(missing_ok=True)
+        return False
+
+
+def merge_jobs(out_dir, nj):
+    """Join ``soft_labels.<job>.scp`` (jobs 1..nj) into ``soft_labels.scp``; returns the utterance count."""
+    out = Path(out_dir)
+    if not (out / "soft_labels.json").is_file():
+        raise SoftLabelError(f"{out / 'soft_labels.json'}: missing: no soft-label job has started; rerun the stage")
+    table = {}
+    for job in range(1, nj + 1):
+        scp = job_paths(out, job)[1]
+        if not scp.is_file():
+            raise SoftLabelError(f"{scp}: missing: soft-label job {job} of {nj} did not finish; rerun the stage")
+        part = read_table(scp)
+        dup = sorted(set(part) & set(table))
+        if dup:
+            raise SoftLabelError(f"{scp}: utterance {dup[0]} is also in an earlier job ({len(dup)} duplicates)")
+        table.update(part)
+    write_table(out / "soft_labels.scp", table)
+    return len(table)
+
+
+class SoftLabelReader:
+    """Read a merged dump: ``dense(utt)`` -> [T, V] tensor, ``sparse(utt)`` -> (ids [T, K], probs [T, K]).
+
+    With ``tokens_path`` (the student's tokens.txt), the teacher's token list must be the same file.
+    """
+
+    def __init__(self, dump_dir, tokens_path=None):
+        self.dir = Path(dump_dir)
+        meta_path, scp = self.dir / "soft_labels.json", self.dir / "soft_labels.scp"
+        for p in (meta_path, scp):
+            if not p.is_file():
+                raise SoftLabelError(f"{p}: missing: the soft-label dump is incomplete (rerun stage 4)")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise SoftLabelError(f"{meta_path}: format_version {self.meta.get('format_version')} is not "
+                                 f"{FORMAT_VERSION}; redump the soft labels")
+        check_meta(self.meta)
+        if tokens_path is not None and tokens_sha256(tokens_path) != self.meta["tokens_sha256"]:
+            raise SoftLabelError(f"{tokens_path}: token list differs from the one the soft labels in {self.dir} "
+                                 f"were made with ({self.meta['teacher']}/tokens, sha256 in {meta_path}); "
+                                 "teacher and student must share tokens.txt")
+        self.scp = read_table(scp)
+        self.vocab_size, self.topk = self.meta["vocab_size"], self.meta["topk"]
+
+    def __contains__(self, utt):
+        return utt in self.scp
+
+    def __len__(self):
+        return len(self.scp)
+
+    def keys(self):
+        return c_sorted(self.scp)
+
+    def _load(self, utt):
+        if utt not in self.scp:
+            raise MissingSoftLabelError(f"{self.dir / 'soft_labels.scp'}: no soft labels for utterance {utt}")
+        ark = self.scp[utt].rsplit(":", 1)[0]
+        try:
+            mat = kaldiio.load_mat(self.scp[utt])
+        except Exception as e:  # kaldiio raises ValueError, RuntimeError, AssertionError, OSError...
+            raise SoftLabelError(f"{ark}: utterance {utt}: unreadable, truncated or corrupt ark "
+                                 f"({type(e).__name__}: {e}); rerun stage 4") from None
+        cols = self.vocab_size if self.topk is None else 2 * self.topk
+        if mat.ndim != 2 or mat.shape[1] != cols or mat.shape[0] == 0:
+            raise SoftLabelError(f"{ark}: utterance {utt}: matrix of shape {mat.shape}, expected [T, {cols}]")
+        return torch.from_numpy(np.array(mat, dtype=np.float32))  # a writable copy
+
+    def sparse(self, utt):
+        mat = self._load(utt)
+        if self.topk is None:
+            return to_topk(mat, self.vocab_size)
+        return mat[:, :self.topk].long(), mat[:, self.topk:]
+
+    def dense(self, utt):
+        mat = self._load(utt)
+        if self.topk is None:
+            return mat
+        ids, probs = mat[:, :self.topk].long(), mat[:, self.topk:]
+        return torch.zeros(mat.shape[0], self.vocab_size).scatter_(1, ids, probs)
+
+    def num_frames(self, utt):
+        return self._load(utt).shape[0]
+
+
+def bytes_per_frame(dump_dir):
+    """Ark bytes per stored frame (dense: ~4V, top-k: ~8K), for reporting storage cost."""
+    reader = SoftLabelReader(dump_dir)
+    arks = {v.rsplit(":", 1)[0] for v in reader.scp.values()}
+    frames = sum(reader.num_frames(utt) for utt in reader.scp)
+    return sum(os.path.getsize(a) for a in arks) / max(frames, 1)
