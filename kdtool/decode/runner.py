@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm import tqdm
 
 from kdtool.data.datadir import c_sorted
@@ -26,7 +25,7 @@ from kdtool.decode.ar import ARBeamSearch
 from kdtool.decode.ctc import ctc_greedy_search
 from kdtool.decode.streaming import streaming_greedy
 from kdtool.decode.transducer import SEARCH_TYPES, TransducerBeamSearch, greedy_search
-from kdtool.models import ConfigError
+from kdtool.models.build import ConfigError, read_yaml
 from kdtool.models.asr import subsampled_length
 from kdtool.models.load import load_trained
 from kdtool.train.dataset import SpeechDataset, collate
@@ -125,14 +124,7 @@ def resolve_decode_config(config, source="decode config"):
 
 
 def load_decode_config(path):
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: decode config not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return resolve_decode_config(config, source=str(path))
+    return resolve_decode_config(read_yaml(path, "decode config"), source=str(path))
 
 
 def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, command=None):

@@ -12,6 +12,9 @@
 Unknown keys, kinds or component names raise ConfigError before any training starts.
 """
 import inspect
+from pathlib import Path
+
+import yaml
 
 from kdtool.models.asr import MODEL_CLASSES, ENCODERS, DECODERS
 
@@ -21,7 +24,18 @@ DECODER_OF_KIND = {"ar": "transformer", "nar": "mlm", "transducer": "rnn", "ctc"
 
 
 class ConfigError(ValueError):
-    """A model config that cannot be built; the message names the key."""
+    """A config that cannot be used; the message names the file and the key."""
+
+
+def read_yaml(path, what="config"):
+    """A YAML file's content, or a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
 def _check_kwargs(what, cls, conf, skip=()):

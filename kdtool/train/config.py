@@ -4,11 +4,8 @@ Every key is checked before training starts; an unknown one is an error that nam
 resolved config (defaults filled in) is saved next to the checkpoints.
 """
 import copy
-from pathlib import Path
 
-import yaml
-
-from kdtool.models import MODEL_KEYS, ConfigError
+from kdtool.models.build import MODEL_KEYS, ConfigError, read_yaml
 
 TRAIN_DEFAULTS = {
     "max_epoch": 30,
@@ -51,14 +48,7 @@ def resolve_config(config, source="config"):
 
 
 def load_config(path):
-    path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return resolve_config(config, source=str(path))
+    return resolve_config(read_yaml(path, "config file"), source=str(path))
 
 
 def model_part(config):
