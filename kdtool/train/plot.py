@@ -3,6 +3,7 @@ import csv
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -25,18 +26,21 @@ def read_metrics(csv_dir):
 
 def plot_learning_curve(csv_dir, out_png, title=""):
     train, valid = read_metrics(csv_dir)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     ax2 = ax.twiny()  # epochs on top for the validation curve
+    lines = []
     if train:
-        ax.plot(*zip(*train), color="tab:blue", alpha=0.6, label="train loss (per step)")
+        lines += ax.plot(*zip(*train), color="tab:blue", alpha=0.6, label="train loss (per step)")
     if valid:
-        ax2.plot(*zip(*valid), color="tab:red", marker="o", label="valid loss (per epoch)")
+        lines += ax2.plot(*zip(*valid), color="tab:red", marker="o", label="valid loss (per epoch)")
     ax.set_xlabel("step")
     ax2.set_xlabel("epoch")
-    ax.set_ylabel("loss (sum over tokens / utterance)")
+    ax.set_ylabel("loss (summed over tokens, per utterance)")
     ax.set_yscale("log")
-    fig.legend(loc="upper right")
-    ax.set_title(title, y=1.12)
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(matplotlib.ticker.FormatStrFormatter("%g"))  # 40, not 4x10^1
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
