@@ -1,0 +1,183 @@
+"""Stage 4: dump a teacher's soft labels (see kdtool.kd.softlabels for the format) in parallel jobs.
+
+``dump_job`` writes one job's slice of the sorted utterances (like compute_fbank's jobs)::
+
+    soft_labels.<job>.ark / .scp      through SoftLabelWriter (temporary names until complete)
+    soft_labels.<job>.stats.json      {utterances, frames, input_frames, skipped, skipped_utts, seconds}
+                                      written last, so a job with stats is a finished job
+
+``merge_dump`` joins the jobs (merge_jobs) and writes ``dump_info.json``:
+
+    utterances, frames           stored (encoder) frames over all utterances
+    input_frames                 10 ms feature frames they came from
+    skipped                      utterances left out (--skip_bad)
+    bytes_per_frame              ark bytes per stored frame
+    dense_bytes_per_frame        4 * V: what dense float32 storage would take
+    seconds                      teacher compute time summed over the jobs (encoder + posteriors)
+    frames_per_second            frames / seconds (stored frames); input_frames_per_second likewise
+    type, topk, temperature, teacher, vocab_size, subsampling, nj
+
+Types: ``frame_posteriors`` = softmax(CTC logits / T) per encoder frame, for every utterance
+(transcribed or not); ``fb_posteriors`` = CTC forward-backward token occupancies given the
+transcript (kdtool.kd.forward_backward) at temperature 1.
+"""
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from kdtool.data.datadir import DataDir
+from kdtool.features.fbank import job_slice
+from kdtool.kd.forward_backward import ctc_min_length, ctc_occupancies_batch
+from kdtool.kd.losses import soften
+from kdtool.kd.softlabels import (TYPES, SoftLabelError, SoftLabelWriter, bytes_per_frame, merge_jobs,
+                                  tokens_sha256)
+from kdtool.models.asr import subsampled_length
+from kdtool.models.load import load_trained
+from kdtool.train.dataset import SpeechDataset, collate
+from kdtool.utils.atomic import atomic_open
+
+
+def stats_path(out_dir, job):
+    return Path(out_dir) / f"soft_labels.{job}.stats.json"
+
+
+def subsampling_factor(model, n=100000):
+    """Input frames per encoder frame (4 for conv2d, 6 for conv2d6, 8 for conv2d8, 1 without subsampling)."""
+    return max(1, round(n / subsampled_length(model, n)))
+
+
+def check_teacher(trained):
+    model = trained.model
+    if getattr(model, "ctc", None) is None:
+        raise ValueError(f"{trained.exp_dir}: the teacher ({model.kind}) has no CTC head (ctc_weight 0?): "
+                         "no frame posteriors to dump")
+
+
+def teacher_meta(trained, type, topk, temperature):
+    if type not in TYPES:
+        raise ValueError(f"--type {type!r} is not one of {TYPES}")
+    sub = subsampling_factor(trained.model)
+    return {"type": type, "topk": topk or None, "vocab_size": len(trained.tokenizer),
+            "temperature": float(temperature) if type == "frame_posteriors" else 1.0,
+            "tokens_sha256": tokens_sha256(Path(trained.exp_dir) / "tokens" / "tokens.txt"),
+            "teacher": str(Path(trained.exp_dir).resolve()), "subsampling": sub, "frame_shift_ms": 10 * sub}
+
+
+def _bad_utterances(model, ds, utts, type):
+    """{utt: why} for utterances that cannot get soft labels (too short for the encoder / the transcript)."""
+    bad = {}
+    for utt in utts:
+        n = subsampled_length(model, ds.num_frames[utt])
+        if n < 1:
+            bad[utt] = f"{ds.num_frames[utt]} input frames give no encoder frame (too short for the subsampling)"
+        elif type == "fb_posteriors":
+            ys = ds._ys[utt]  # tokenized when the dataset was built
+            need = ctc_min_length(ys)
+            if n < need:
+                bad[utt] = (f"{n} encoder frames cannot align its {len(ys)}-token transcript "
+                            f"(CTC needs at least {need})")
+    return bad
+
+
+def dump_job(teacher_dir, data_dir, out_dir, type="frame_posteriors", topk=None, temperature=1.0, job=1, nj=1,
+             batch_size=16, skip_bad=False, device="cpu"):
+    """Write one job's soft labels; returns its stats dict."""
+    out = Path(out_dir)
+    trained = load_trained(teacher_dir, device=device)
+    check_teacher(trained)
+    model = trained.model.eval()
+    if type == "fb_posteriors" and temperature != 1.0:
+        logging.warning("--type fb_posteriors is computed at temperature 1; --temperature %s is ignored", temperature)
+    meta = teacher_meta(trained, type, topk, temperature)
+    if type == "fb_posteriors" and not DataDir(data_dir).has("text"):
+        raise ValueError(f"{data_dir}: no text file: --type fb_posteriors needs transcripts "
+                         "(use --type frame_posteriors for untranscribed data)")
+    ds = SpeechDataset(data_dir, trained.tokenizer, cmvn_path=Path(teacher_dir) / "cmvn.ark",
+                       require_text=type == "fb_posteriors")
+    if len(ds) == 0:
+        raise ValueError(f"{data_dir}: no utterances")
+    utts = job_slice(ds.utts, job, nj)
+    bad = _bad_utterances(model, ds, utts, type)
+    if bad:
+        first = next(iter(bad))
+        if not skip_bad:
+            raise ValueError(f"{data_dir}: utterance {first}: {bad[first]}"
+                             + (f" ({len(bad)} such utterances in job {job}/{nj})" if len(bad) > 1 else "")
+                             + "; --skip_bad true leaves them out")
+        for utt, why in bad.items():
+            logging.warning("skipping utterance %s: %s", utt, why)
+        logging.warning("job %d/%d: skipped %d of %d utterances (--skip_bad true)", job, nj, len(bad), len(utts))
+    # longest first: the worst case (memory, speed) shows up early; padding stays small
+    order = sorted((u for u in utts if u not in bad), key=lambda u: (-ds.num_frames[u], u))
+
+    stats_path(out, job).unlink(missing_ok=True)
+    (out / "dump_info.json").unlink(missing_ok=True)
+    frames = input_frames = 0
+    seconds = 0.0
+    with SoftLabelWriter(out, meta, job) as writer, torch.no_grad(), \
+            tqdm(total=len(order), unit="utt", desc=f"{type} job {job}/{nj}", mininterval=5) as bar:
+        for i in range(0, len(order), batch_size):
+            batch = collate([ds[u] for u in order[i:i + batch_size]])
+            start = time.perf_counter()
+            feats, feats_lens = batch["feats"].to(device), batch["feats_lens"].to(device)
+            enc, enc_lens = model.encode(feats, feats_lens)
+            log_probs = model.ctc_log_probs(enc)
+            if type == "frame_posteriors":
+                probs = soften(log_probs, meta["temperature"]).exp()  # = softmax(logits / T)
+            else:
+                probs = ctc_occupancies_batch(log_probs, enc_lens, batch["ys"].to(device), batch["ys_lens"],
+                                              blank=model.blank)
+            probs = probs.cpu()
+            seconds += time.perf_counter() - start
+            for b, utt in enumerate(batch["utts"]):
+                n = int(enc_lens[b])
+                expected = subsampled_length(model, int(batch["feats_lens"][b]))
+                if n != expected:  # the stored frames must line up with a student's frames
+                    raise SoftLabelError(f"utterance {utt}: the encoder gave {n} frames, expected {expected}")
+                writer.write(utt, probs[b, :n])
+                frames += n
+                input_frames += int(batch["feats_lens"][b])
+            bar.update(len(batch["utts"]))
+    stats = {"utterances": len(order), "frames": frames, "input_frames": input_frames, "skipped": len(bad),
+             "skipped_utts": sorted(bad), "seconds": seconds}
+    with atomic_open(stats_path(out, job)) as f:
+        json.dump(stats, f, indent=2)
+    logging.info("%s job %d/%d: %d utterances, %d frames in %.1f s (%.0f frames/s)%s", out, job, nj, len(order),
+                 frames, seconds, frames / max(seconds, 1e-9), f", {len(bad)} skipped" if bad else "")
+    return stats
+
+
+def merge_dump(out_dir, nj):
+    """Join the finished jobs into soft_labels.scp and write dump_info.json; returns its dict."""
+    out = Path(out_dir)
+    total = {"utterances": 0, "frames": 0, "input_frames": 0, "skipped": 0, "seconds": 0.0}
+    for job in range(1, nj + 1):
+        p = stats_path(out, job)
+        if not p.is_file():
+            raise SoftLabelError(f"{p}: missing: soft-label job {job} of {nj} did not finish; rerun the stage")
+        stats = json.loads(p.read_text())
+        for k in total:
+            total[k] += stats[k]
+    n = merge_jobs(out, nj)
+    if n != total["utterances"]:
+        raise SoftLabelError(f"{out}: the jobs' scp files hold {n} utterances, their stats {total['utterances']}; "
+                             "rerun the stage")
+    meta = json.loads((out / "soft_labels.json").read_text())
+    secs = max(total["seconds"], 1e-9)
+    info = {**total, "bytes_per_frame": round(bytes_per_frame(out), 3),
+            "dense_bytes_per_frame": 4 * meta["vocab_size"],
+            "frames_per_second": round(total["frames"] / secs, 1),
+            "input_frames_per_second": round(total["input_frames"] / secs, 1),
+            "seconds": round(total["seconds"], 3), "nj": nj,
+            **{k: meta[k] for k in ("type", "topk", "temperature", "teacher", "vocab_size", "subsampling")}}
+    with atomic_open(out / "dump_info.json") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+        f.write("\n")
+    logging.info("%s: %d utterances, %d frames, %.1f bytes/frame (dense: %d)%s", out, n, total["frames"],
+                 info["bytes_per_frame"], info["dense_bytes_per_frame"],
+                 f", {total['skipped']} skipped" if total["skipped"] else "")
+    return info
