@@ -5,12 +5,14 @@ import subprocess
 import textwrap
 
 import kaldiio
+import torch
 import numpy as np
 import pytest
 
 from conftest import SENTENCES, copy_egs
 from kdtool.data.datadir import DataDir
 from kdtool.data.validate import validate_data_dir
+from kdtool.kd.softlabels import SoftLabelReader
 from kdtool.tokens import Tokenizer
 
 SETS = ("train", "dev", "test", "test_unseen", "untrans")
@@ -53,7 +55,7 @@ def test_stages_1_and_2_make_valid_data_features_and_tokens(mini_en):
     text = DataDir(mini_en / "data/train").read("text")
     assert all(tok.ids2text(tok.text2ids(t)) == t for t in text.values())
     times = [ln.split("\t")[0] for ln in (mini_en / "exp_fast/stage_times.tsv").read_text().splitlines()]
-    assert times == ["1", "2", "3", "6", "7"]
+    assert times == ["1", "2", "3", "4", "6", "7"]
 
 
 def test_teachers_are_trained_decoded_and_scored(mini_en):
@@ -67,6 +69,13 @@ def test_teachers_are_trained_decoded_and_scored(mini_en):
                 score = json.loads((exp / model / f"decode_{name}_{x}" / "score.json").read_text())
                 assert score["n_utts"] == 30 and 0 <= score["wer"] and score["rtf"] > 0
                 assert score["params"] == info["params"] and score["test_set"] == x
+    # stage 4: the AR teacher's soft labels, for the transcribed set and the untranscribed pool
+    labels = exp / "ar_teacher" / "soft_labels"
+    for name, n in (("frame_posteriors_train", 300), ("frame_posteriors_untrans", 60), ("fb_posteriors_train", 300)):
+        reader = SoftLabelReader(labels / name, tokens_path=mini_en / "data/token_list/bpe_unigram300/tokens.txt")
+        assert len(reader) == n and reader.topk == 8
+        utt = reader.keys()[0]
+        assert torch.allclose(reader.dense(utt).sum(-1), torch.ones(1), atol=1e-4)
     results = (mini_en / "RESULTS.md").read_text()
     for row in ("ar_teacher", "ar_beam10", "transducer_beam4_alsd", "streaming_chunk16", "test_unseen"):
         assert row in results, row

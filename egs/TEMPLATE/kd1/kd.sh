@@ -30,6 +30,11 @@ bpe_model_type=unigram  # unigram or bpe
 # Stage 3: teachers
 teacher_configs=""      # training configs, space separated; each trains exp/<config name without train_>
 ngpu=0                  # GPUs per training job (0: CPU)
+# Stage 4: soft labels
+kd_teacher=""           # exp dir whose knowledge is dumped (default: the first teacher config's)
+soft_label_types="frame_posteriors"  # frame_posteriors (any set) and/or fb_posteriors (transcribed sets)
+soft_label_topk=8       # tokens kept per frame (0: dense)
+soft_label_temperature=1.0
 # Stage 6-7: decoding and scoring
 decode_sets=""          # sets to decode (default: valid_set and test_sets)
 models=""               # exp dirs to decode (default: every trained model under expdir)
@@ -98,8 +103,30 @@ if in_stages 3; then
   stage_done 3
 fi
 
-if in_stages 4 || in_stages 5; then
-  log "Stages 4-5 (soft labels, distillation) are not in kdtool yet; skipping"
+if [ -z "${kd_teacher}" ] && [ -n "${teacher_configs}" ]; then
+  first=$(echo ${teacher_configs} | cut -d' ' -f1)
+  kd_teacher=${expdir}/$(basename "${first}" .yaml | sed 's/^train_//')
+fi
+
+if in_stages 4; then
+  for type in ${soft_label_types}; do
+    sets="${train_sp}"; [ "${type}" = frame_posteriors ] && sets="${sets} ${untrans_set}"
+    for x in ${sets}; do
+      out=${kd_teacher}/soft_labels/${type}_${x}
+      log "Stage 4: ${type} of ${kd_teacher} on ${x} -> ${out}"
+      ${decode_cmd} JOB=1:"${nj}" "${out}/log/dump.JOB.log" \
+        python -m kdtool.bin.dump_soft_labels --teacher "${kd_teacher}" --data "${dumpdir}/fbank/${x}" \
+          --out_dir "${out}" --type "${type}" --topk "${soft_label_topk}" \
+          --temperature "${soft_label_temperature}" --nj "${nj}" --job JOB
+      python -m kdtool.bin.dump_soft_labels --teacher "${kd_teacher}" --data "${dumpdir}/fbank/${x}" \
+        --out_dir "${out}" --type "${type}" --topk "${soft_label_topk}" --nj "${nj}" --merge
+    done
+  done
+  stage_done 4
+fi
+
+if in_stages 5; then
+  log "Stage 5 (student distillation) is not in kdtool yet; skipping"
 fi
 
 # Every trained model (a dir with model.pth) is decoded with each conf/decode_<kind>_*.yaml that fits its kind.
