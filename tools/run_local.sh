@@ -29,27 +29,8 @@ while [[ $# -gt 0 && $1 == --* ]]; do
 done
 [[ ${max_jobs} =~ ^[1-9][0-9]*$ ]] || die "--max-jobs-run must be a positive integer, not '${max_jobs}'"
 
-# Optional job range VAR=a:b; without one, a single job whose log name is used as is.
-var=; first=1; last=1
-if [[ ${1:-} =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]]; then
-  var=${BASH_REMATCH[1]}
-  [[ ${BASH_REMATCH[2]} =~ ^([0-9]+):([0-9]+)$ ]] || die "bad job range '$1' (expected e.g. JOB=1:4)"
-  first=$((10#${BASH_REMATCH[1]})); last=$((10#${BASH_REMATCH[2]}))
-  [ "${first}" -le "${last}" ] || die "bad job range '$1': the end is before the start"
-  shift
-fi
-[ $# -ge 2 ] || die "usage: run_local.sh [options] [JOB=1:N] <log-file> <command> [args...]"
-logfile=$1; shift
-if [ "${last}" -gt "${first}" ] && [[ ${logfile} != *"${var}"* ]]; then
-  die "the log file '${logfile}' does not contain ${var}: all jobs would write the same log"
-fi
-
-# Join the command as run.pl does: only arguments with whitespace (or empty ones) are quoted.
-cmd=
-for arg in "$@"; do
-  if [[ -n ${arg} && ${arg} != *[[:space:]]* ]]; then cmd+="${arg} "; else cmd+="$(printf %q "${arg}") "; fi
-done
-cmd=${cmd% }
+. "$(dirname "${BASH_SOURCE[0]}")/job_args.sh"
+parse_job_args "$@"
 
 status_dir=$(mktemp -d) || die "cannot create a temporary directory"
 trap 'rm -rf "${status_dir}"' EXIT

@@ -37,28 +37,9 @@ while [[ $# -gt 0 && $1 == --* ]]; do
   esac
 done
 
-# Optional job range VAR=a:b; without one, a single job whose log name is used as is.
-var=; first=1; last=1
-if [[ ${1:-} =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]]; then
-  var=${BASH_REMATCH[1]}
-  [[ ${BASH_REMATCH[2]} =~ ^([0-9]+):([0-9]+)$ ]] || die "bad job range '$1' (expected e.g. JOB=1:4)"
-  first=$((10#${BASH_REMATCH[1]})); last=$((10#${BASH_REMATCH[2]}))
-  [ "${first}" -le "${last}" ] || die "bad job range '$1': the end is before the start"
-  shift
-fi
-[ $# -ge 2 ] || die "usage: run_slurm.sh [options] [JOB=1:N] <log-file> <command> [args...]"
-logfile=$1; shift
-if [ "${last}" -gt "${first}" ] && [[ ${logfile} != *"${var}"* ]]; then
-  die "the log file '${logfile}' does not contain ${var}: all jobs would write the same log"
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/job_args.sh"
+parse_job_args "$@"
 command -v sbatch >/dev/null || die "sbatch not found on PATH: not a SLURM machine? (run_local.sh runs jobs locally)"
-
-# Join the command as run.pl does: only arguments with whitespace (or empty ones) are quoted.
-cmd=
-for arg in "$@"; do
-  if [[ -n ${arg} && ${arg} != *[[:space:]]* ]]; then cmd+="${arg} "; else cmd+="$(printf %q "${arg}") "; fi
-done
-cmd=${cmd% }
 
 # q/ sits beside the logs (above any directory named after the index), named after the log file.
 qdir=$(dirname "${logfile}")
