@@ -74,17 +74,37 @@ class CTCModel(ASRModel):
         return loss, {"loss": loss.detach(), "loss_ctc": loss.detach()}
 
 
-class ARModel(CTCModel):
-    """Hybrid CTC/attention: the autoregressive teacher."""
+class HybridModel(CTCModel):
+    """CTC plus a decoder trained beside it: loss = ctc_weight * CTC + (1 - ctc_weight) * decoder.
+    A subclass builds its decoder and says what the decoder sees (``decoder_logits``)."""
 
-    kind = "ar"
+    decoder_loss = None  # name of the decoder's loss in the stats
 
     def __init__(self, vocab_size, input_size, encoder, encoder_conf, decoder_conf, specaug_conf=None,
                  ctc_weight=0.3, lsm_weight=0.1):
         super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
         self.ctc_weight = ctc_weight
-        self.decoder = TransformerDecoder(vocab_size, self.encoder.output_size(), **decoder_conf)
+        self.decoder = self.build_decoder(vocab_size, decoder_conf)
         self.criterion = LabelSmoothingLoss(vocab_size, IGNORE_ID, lsm_weight, normalize_length=False)
+
+    def forward(self, feats, feats_lens, ys, ys_lens):
+        enc, enc_lens = self.encode(feats, feats_lens)
+        loss_ctc = self.ctc(enc, enc_lens, ys, ys_lens)
+        logits, ys_out = self.decoder_logits(enc, enc_lens, ys, ys_lens)
+        loss_dec = self.criterion(logits, ys_out)
+        loss = self.ctc_weight * loss_ctc + (1 - self.ctc_weight) * loss_dec
+        return loss, {"loss": loss.detach(), "loss_ctc": loss_ctc.detach(), self.decoder_loss: loss_dec.detach(),
+                      "acc": _accuracy(logits, ys_out)}
+
+
+class ARModel(HybridModel):
+    """Hybrid CTC/attention: the autoregressive teacher."""
+
+    kind = "ar"
+    decoder_loss = "loss_att"
+
+    def build_decoder(self, vocab_size, decoder_conf):
+        return TransformerDecoder(vocab_size, self.encoder.output_size(), **decoder_conf)
 
     def decoder_logits(self, enc, enc_lens, ys, ys_lens):
         """Teacher-forced decoder outputs and the targets they predict (ys + <eos>)."""
@@ -92,38 +112,22 @@ class ARModel(CTCModel):
         logits, _ = self.decoder(enc, enc_lens, ys_in, ys_lens + 1)
         return logits, ys_out
 
-    def forward(self, feats, feats_lens, ys, ys_lens):
-        enc, enc_lens = self.encode(feats, feats_lens)
-        loss_ctc = self.ctc(enc, enc_lens, ys, ys_lens)
-        logits, ys_out = self.decoder_logits(enc, enc_lens, ys, ys_lens)
-        loss_att = self.criterion(logits, ys_out)
-        loss = self.ctc_weight * loss_ctc + (1 - self.ctc_weight) * loss_att
-        acc = _accuracy(logits, ys_out)
-        return loss, {"loss": loss.detach(), "loss_ctc": loss_ctc.detach(), "loss_att": loss_att.detach(), "acc": acc}
 
-
-class NARModel(CTCModel):
+class NARModel(HybridModel):
     """Mask-CTC: CTC plus a masked-LM decoder that refines low-confidence CTC tokens."""
 
     kind = "nar"
+    decoder_loss = "loss_mlm"
 
-    def __init__(self, vocab_size, input_size, encoder, encoder_conf, decoder_conf, specaug_conf=None,
-                 ctc_weight=0.3, lsm_weight=0.1):
-        super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
-        self.ctc_weight = ctc_weight
+    def build_decoder(self, vocab_size, decoder_conf):
         # MLMDecoder adds the <mask> slot itself: give it the vocabulary without <mask>.
-        self.decoder = MLMDecoder(vocab_size - 1, self.encoder.output_size(), **decoder_conf)
-        self.criterion = LabelSmoothingLoss(vocab_size, IGNORE_ID, lsm_weight, normalize_length=False)
+        return MLMDecoder(vocab_size - 1, self.encoder.output_size(), **decoder_conf)
 
-    def forward(self, feats, feats_lens, ys, ys_lens):
-        enc, enc_lens = self.encode(feats, feats_lens)
-        loss_ctc = self.ctc(enc, enc_lens, ys, ys_lens)
-        ys_in, ys_out = mask_uniform(ys, self.mask_token, self.eos, IGNORE_ID)  # targets only where masked
+    def decoder_logits(self, enc, enc_lens, ys, ys_lens):
+        """Masked-LM outputs for randomly masked transcripts; targets only where masked."""
+        ys_in, ys_out = mask_uniform(ys, self.mask_token, self.eos, IGNORE_ID)
         logits, _ = self.decoder(enc, enc_lens, ys_in, ys_lens)
-        loss_mlm = self.criterion(logits, ys_out)
-        loss = self.ctc_weight * loss_ctc + (1 - self.ctc_weight) * loss_mlm
-        acc = _accuracy(logits, ys_out)
-        return loss, {"loss": loss.detach(), "loss_ctc": loss_ctc.detach(), "loss_mlm": loss_mlm.detach(), "acc": acc}
+        return logits, ys_out
 
 
 class TransducerModel(ASRModel):
