@@ -70,6 +70,27 @@ def tiny_features(tmp_path_factory, tiny_wavs):
     return {"feats": root / "fbank", "cmvn": root / "cmvn.ark", "tokens": root / "tokens"}
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_features, tmp_path_factory):
+    """A tiny CTC teacher (1 Conformer block, d=32) trained 3 epochs on the 6 tiny utterances."""
+    import torch
+
+    from kdtool.train.config import resolve_config
+    from kdtool.train.trainer import train
+
+    f = tiny_features
+    exp = tmp_path_factory.mktemp("teacher") / "ctc_teacher"
+    cfg = resolve_config({"model": "ctc", "encoder_conf": {"output_size": 32, "attention_heads": 2,
+                                                           "linear_units": 64, "num_blocks": 2},
+                          "max_epoch": 3, "batch_frames": 800, "keep_nbest_models": 1,
+                          "scheduler_conf": {"warmup_steps": 5}})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    train(cfg, exp, f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
+    torch.set_num_threads(threads)
+    return exp
+
+
 def run_data_sh(recipe, *args, env=None, unset=()):
     """Run a recipe's local/data.sh; returns (exit code, stdout + stderr)."""
     import os

@@ -19,9 +19,7 @@ from kdtool.kd.softlabels import SoftLabelReader, to_topk, tokens_sha256
 from kdtool.models.asr import subsampled_length
 from kdtool.models.build import MODEL_KEYS, build_model
 from kdtool.models.load import load_trained
-from kdtool.train.config import resolve_config
 from kdtool.train.dataset import SpeechDataset
-from kdtool.train.trainer import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 T = 2.0
@@ -36,15 +34,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_features, tmp_path_factory):
-    f = tiny_features
-    exp = tmp_path_factory.mktemp("teacher") / "ctc_teacher"
-    cfg = resolve_config({"model": "ctc", "encoder_conf": {"output_size": 32, "attention_heads": 2,
-                                                           "linear_units": 64, "num_blocks": 1},
-                          "max_epoch": 3, "batch_frames": 800, "keep_nbest_models": 1,
-                          "scheduler_conf": {"warmup_steps": 5}})
-    train(cfg, exp, f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
-    return exp
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

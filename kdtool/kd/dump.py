@@ -35,7 +35,7 @@ from kdtool.kd.forward_backward import ctc_min_length, ctc_occupancies_batch
 from kdtool.kd.losses import soften
 from kdtool.kd.softlabels import (TYPES, SoftLabelError, SoftLabelWriter, bytes_per_frame, merge_jobs,
                                   tokens_sha256)
-from kdtool.models.asr import subsampled_length
+from kdtool.models.asr import subsampled_length, subsampling_factor
 from kdtool.models.load import load_trained
 from kdtool.train.dataset import SpeechDataset, collate
 from kdtool.utils.atomic import atomic_open
@@ -44,10 +44,6 @@ from kdtool.utils.atomic import atomic_open
 def stats_path(out_dir, job):
     return Path(out_dir) / f"soft_labels.{job}.stats.json"
 
-
-def subsampling_factor(model, n=100000):
-    """Input frames per encoder frame (4 for conv2d, 6 for conv2d6, 8 for conv2d8, 1 without subsampling)."""
-    return max(1, round(n / subsampled_length(model, n)))
 
 
 def check_teacher(trained):

@@ -50,6 +50,11 @@ class ASRModel(torch.nn.Module):
         if encoder != "streaming_conformer":  # that one computes exact lengths itself
             _exact_padding(self.encoder)
 
+    def forward(self, feats, feats_lens, ys, ys_lens):
+        """Supervised training loss: ``(loss, stats)``."""
+        enc, enc_lens = self.encode(feats, feats_lens)
+        return self.supervised_loss(enc, enc_lens, ys, ys_lens)
+
     def encode(self, feats, feats_lens):
         if self.specaug is not None and self.training:
             feats, feats_lens = self.specaug(feats, feats_lens)
@@ -68,8 +73,8 @@ class CTCModel(ASRModel):
         super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
         self.ctc = CTC(vocab_size, self.encoder.output_size())
 
-    def forward(self, feats, feats_lens, ys, ys_lens):
-        enc, enc_lens = self.encode(feats, feats_lens)
+    def supervised_loss(self, enc, enc_lens, ys, ys_lens):
+        """The loss of encoder outputs against transcripts (distillation adds its terms beside it)."""
         loss = self.ctc(enc, enc_lens, ys, ys_lens)
         return loss, {"loss": loss.detach(), "loss_ctc": loss.detach()}
 
@@ -87,8 +92,7 @@ class HybridModel(CTCModel):
         self.decoder = self.build_decoder(vocab_size, decoder_conf)
         self.criterion = LabelSmoothingLoss(vocab_size, IGNORE_ID, lsm_weight, normalize_length=False)
 
-    def forward(self, feats, feats_lens, ys, ys_lens):
-        enc, enc_lens = self.encode(feats, feats_lens)
+    def supervised_loss(self, enc, enc_lens, ys, ys_lens):
         loss_ctc = self.ctc(enc, enc_lens, ys, ys_lens)
         logits, ys_out = self.decoder_logits(enc, enc_lens, ys, ys_lens)
         loss_dec = self.criterion(logits, ys_out)
@@ -152,12 +156,11 @@ class TransducerModel(ASRModel):
         dec = self.decoder(torch.nn.functional.pad(labels, (1, 0), value=self.blank))
         return self.joint_network(enc.unsqueeze(2), dec.unsqueeze(1))
 
-    def forward(self, feats, feats_lens, ys, ys_lens):
-        enc, enc_lens = self.encode(feats, feats_lens)
+    def supervised_loss(self, enc, enc_lens, ys, ys_lens):
         logits = self.joint_logits(enc, ys)
         targets = torch.where(ys == IGNORE_ID, self.blank, ys).int()
         loss_rnnt = torchaudio.functional.rnnt_loss(logits, targets, enc_lens.int(), ys_lens.int(),
-                                                    blank=self.blank, reduction="sum") / feats.size(0)
+                                                    blank=self.blank, reduction="sum") / enc.size(0)
         stats = {"loss_rnnt": loss_rnnt.detach()}
         loss = loss_rnnt
         if self.ctc is not None:
@@ -210,6 +213,11 @@ def subsampled_length(model, n_frames):
     for conv in [m for m in getattr(model.encoder.embed, "conv", []) if isinstance(m, torch.nn.Conv2d)]:
         n_frames = (n_frames - conv.kernel_size[0]) // conv.stride[0] + 1
     return n_frames
+
+
+def subsampling_factor(model, n=100000):
+    """Input frames per encoder frame (4 for conv2d, 6 for conv2d6, 8 for conv2d8, 1 without subsampling)."""
+    return max(1, round(n / subsampled_length(model, n)))
 
 
 def _accuracy(logits, targets):

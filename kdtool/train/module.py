@@ -14,14 +14,19 @@ def warmup_lr_lambda(warmup_steps):
     return f
 
 
+def supervised_loss(model, batch):
+    return model(batch["feats"], batch["feats_lens"], batch["ys"], batch["ys_lens"])
+
+
 class ASRTask(L.LightningModule):
-    """Wraps a kdtool model. ``loss_fn(model, batch) -> (loss, stats)`` defaults to the supervised
-    loss; distillation plugs its own in."""
+    """Wraps a kdtool model. ``loss_fn(model, batch) -> (loss, stats)`` is the training loss and
+    defaults to the supervised one; distillation plugs its own in. Validation always uses the
+    supervised loss: checkpoints are chosen (and averaged) by how well they transcribe."""
 
     def __init__(self, model, config, loss_fn=None):
         super().__init__()
         self.model, self.config = model, config
-        self.loss_fn = loss_fn or (lambda m, b: m(b["feats"], b["feats_lens"], b["ys"], b["ys_lens"]))
+        self.loss_fn = loss_fn or supervised_loss
 
     def on_train_epoch_start(self):
         # lightning sets the epoch of a loader's sampler, not of a batch sampler such as ours.
@@ -46,7 +51,7 @@ class ASRTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch, _):
-        loss, stats = self.loss_fn(self.model, batch)
+        loss, stats = supervised_loss(self.model, batch)
         self.log_dict({f"valid/{k}": v for k, v in stats.items()}, batch_size=len(batch["utts"]),
                       on_epoch=True, sync_dist=True, prog_bar=(False))
         return loss

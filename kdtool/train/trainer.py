@@ -71,8 +71,11 @@ def average_checkpoints(paths):
 
 
 def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices="auto", num_nodes=1,
-          accelerator="auto", loss_fn=None, model=None, extra_info=None):
-    """Train (or resume) and write the exp dir. Returns model_info as a dict."""
+          accelerator="auto", loss_fn=None, model=None, extra_info=None, wrap_train_set=None):
+    """Train (or resume) and write the exp dir. Returns model_info as a dict.
+
+    Distillation (kdtool.kd.distill) passes its ``loss_fn(model, batch)``, the student ``model``
+    and ``wrap_train_set(dataset)``, which adds soft labels to the training items."""
     exp = Path(exp_dir)
     tokenizer = Tokenizer(token_dir)
     cmvn = load_cmvn(cmvn_path)
@@ -80,6 +83,8 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
     if model is None:
         model = build_model(model_part(config), len(tokenizer), input_size=cmvn.shape[1] - 1)
     train_set = SpeechDataset(train_dirs, tokenizer, cmvn_path, require_text=loss_fn is None)
+    if wrap_train_set is not None:
+        train_set = wrap_train_set(train_set)
     valid_set = SpeechDataset(valid_dir, tokenizer, cmvn_path)
     for name, ds in (("training", train_set), ("validation", valid_set)):
         if len(ds) == 0:
