@@ -104,3 +104,111 @@ def run_data_sh(recipe, *args, env=None, unset=()):
 def assert_c_sorted(path):
     proc = subprocess.run(["sort", "-c", str(path)], env={"LC_ALL": "C"}, capture_output=True, text=True)
     assert proc.returncode == 0, f"{path} is not sorted in byte order: {proc.stderr}"
+
+
+# Tiny trained models of every kind, shared by the decoding tests (test_decode, test_maskctc_beam,
+# test_benchmark_decode): trained once per session.
+# Transformer encoders: espnet's conformer convolution sees a batch's padding, so only these give
+# batch-independent encoder outputs (what the batched = unbatched checks through the runner need).
+DECODE_ENC = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 2}
+DECODE_DEC = {"attention_heads": 2, "linear_units": 64, "num_blocks": 2}
+DECODE_KINDS = {
+    "ctc": {"model": "ctc"},
+    "ar": {"model": "ar", "decoder_conf": DECODE_DEC},
+    "nar": {"model": "nar", "decoder_conf": DECODE_DEC},
+    "transducer": {"model": "transducer", "decoder_conf": {"hidden_size": 32},
+                   "joint_net_conf": {"joint_space_size": 32}},
+}
+# One utterance per step, a high peak learning rate, no SpecAugment: the 6 utterances are learnt
+# well enough in a few seconds per model for CTC and attention to get most words right.
+DECODE_TRAINING = {"encoder": "transformer", "encoder_conf": DECODE_ENC, "batch_frames": 200,
+                   "keep_nbest_models": 1, "log_interval": 50, "specaug_conf": None, "optim_conf": {"lr": 0.01},
+                   "scheduler_conf": {"warmup_steps": 10}}
+DECODE_EPOCHS = {"ctc": 40, "ar": 40, "nar": 40, "transducer": 30}
+
+
+@pytest.fixture(scope="session")
+def models(tiny_features, tmp_path_factory):
+    """A dir with one trained exp dir per kind: models / "nar" etc."""
+    import torch
+
+    from kdtool.train.config import resolve_config
+    from kdtool.train.trainer import train
+
+    root, f = tmp_path_factory.mktemp("decode_models"), tiny_features
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # models this small gain nothing from threads, and lose much on a busy machine
+    try:
+        for kind, conf in DECODE_KINDS.items():
+            cfg = resolve_config({**conf, **DECODE_TRAINING, "max_epoch": DECODE_EPOCHS[kind]})
+            train(cfg, root / kind, f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+@pytest.fixture(scope="session")
+def encoded(models, tiny_features):
+    """kind -> (model, tokenizer, enc, enc_lens, utts): the 6 utterances, each encoded alone and
+    padded into one batch, so that method-level comparisons do not depend on the encoder."""
+    import torch
+
+    from kdtool.models.load import load_trained
+    from kdtool.train.dataset import SpeechDataset, collate
+
+    out = {}
+    for kind in DECODE_KINDS:
+        t = load_trained(models / kind)
+        ds = SpeechDataset(tiny_features["feats"], t.tokenizer, cmvn_path=models / kind / "cmvn.ark")
+        with torch.no_grad():
+            encs = [t.model.encode(b["feats"], b["feats_lens"])[0][0] for b in (collate([ds[u]]) for u in ds.utts)]
+        enc = torch.nn.utils.rnn.pad_sequence(encs, batch_first=True)
+        out[kind] = (t.model, t.tokenizer, enc, torch.tensor([len(e) for e in encs]), ds.utts)
+    return out
+
+
+def scrambled_decoder(model, seed):
+    """``model`` with a randomly initialized masked LM: its varied, arbitrary scores test the order in
+    which masks are filled harder than our weakly trained one (which fills in mostly spaces)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for p in model.decoder.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+def all_blank(model):
+    """A copy of ``model`` whose CTC head and joint network put all their mass on blank."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model)
+    for layer in ([model.ctc.ctc_lo] if getattr(model, "ctc", None) is not None else []) + (
+            [model.joint_network.lin_out] if hasattr(model, "joint_network") else []):
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+        layer.bias.data[model.blank] = 1000.0
+    return model
+
+
+@pytest.fixture
+def data_with_a_short_utterance(tiny_features, tmp_path):
+    """The tiny feature dir plus spkc-u1: 6 frames, which conv2d subsampling turns into none."""
+    import kaldiio
+    import numpy as np
+
+    data = tmp_path / "short"
+    shutil.copytree(tiny_features["feats"], data)
+    ark = tmp_path / "short.ark"
+    with kaldiio.WriteHelper(f"ark,scp:{ark},{tmp_path / 'short.scp'}") as w:
+        w("spkc-u1", np.random.default_rng(0).normal(size=(6, 80)).astype(np.float32))
+    for name, line in (("feats.scp", (tmp_path / "short.scp").read_text().strip()), ("utt2num_frames", "spkc-u1 6"),
+                       ("text", "spkc-u1 HI"), ("utt2spk", "spkc-u1 spkc")):
+        with open(data / name, "a") as f:
+            f.write(line + "\n")
+    return data

@@ -1,21 +1,18 @@
 """Stage 6 decoding: every method through the CLI on tiny overfit models, batched = unbatched,
 Mask-CTC = espnet's MaskCTCInference, transducer greedy = espnet's, and bad input."""
-import copy
 import json
 import logging
-import shutil
 import subprocess
 import sys
 from unittest import mock
 
-import kaldiio
-import numpy as np
 import pytest
 import torch
 import yaml
 from espnet2.asr.maskctc_model import MaskCTCInference
 from espnet2.asr.transducer.beam_search_transducer import BeamSearchTransducer
 
+from conftest import all_blank as _all_blank, scrambled_decoder as _scrambled
 from kdtool.bin import decode as decode_bin
 from kdtool.bin.score import score_decode_dir
 from kdtool.data.datadir import read_table
@@ -26,56 +23,9 @@ from kdtool.decode.maskctc import maskctc_greedy
 from kdtool.decode.transducer import TransducerBeamSearch, greedy_search
 from kdtool.models import ConfigError
 from kdtool.models.load import load_trained
-from kdtool.train.config import resolve_config
-from kdtool.train.dataset import SpeechDataset, collate
-from kdtool.train.trainer import train
 
-# Transformer encoders: espnet's conformer convolution sees a batch's padding, so only these give
-# batch-independent encoder outputs (what the batched = unbatched checks through the runner need).
-ENC = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 2}
-DEC = {"attention_heads": 2, "linear_units": 64, "num_blocks": 2}
-KINDS = {
-    "ctc": {"model": "ctc"},
-    "ar": {"model": "ar", "decoder_conf": DEC},
-    "nar": {"model": "nar", "decoder_conf": DEC},
-    "transducer": {"model": "transducer", "decoder_conf": {"hidden_size": 32},
-                   "joint_net_conf": {"joint_space_size": 32}},
-}
-# One utterance per step, a high peak learning rate, no SpecAugment: the 6 utterances are learnt
-# well enough in a few seconds per model for CTC and attention to get most words right.
-TRAINING = {"encoder": "transformer", "encoder_conf": ENC, "batch_frames": 200,
-            "keep_nbest_models": 1, "log_interval": 50, "specaug_conf": None, "optim_conf": {"lr": 0.01},
-            "scheduler_conf": {"warmup_steps": 10}}
-EPOCHS = {"ctc": 40, "ar": 40, "nar": 40, "transducer": 30}
-
-
-@pytest.fixture(scope="module")
-def models(tiny_features, tmp_path_factory):
-    root, f = tmp_path_factory.mktemp("decode_models"), tiny_features
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # models this small gain nothing from threads, and lose much on a busy machine
-    try:
-        for kind, conf in KINDS.items():
-            cfg = resolve_config({**conf, **TRAINING, "max_epoch": EPOCHS[kind]})
-            train(cfg, root / kind, f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
-    finally:
-        torch.set_num_threads(threads)
-    return root
-
-
-@pytest.fixture(scope="module")
-def encoded(models, tiny_features):
-    """kind -> (model, tokenizer, enc, enc_lens, utts): the 6 utterances, each encoded alone and
-    padded into one batch, so that method-level comparisons do not depend on the encoder."""
-    out = {}
-    for kind in KINDS:
-        t = load_trained(models / kind)
-        ds = SpeechDataset(tiny_features["feats"], t.tokenizer, cmvn_path=models / kind / "cmvn.ark")
-        with torch.no_grad():
-            encs = [t.model.encode(b["feats"], b["feats_lens"])[0][0] for b in (collate([ds[u]]) for u in ds.utts)]
-        enc = torch.nn.utils.rnn.pad_sequence(encs, batch_first=True)
-        out[kind] = (t.model, t.tokenizer, enc, torch.tensor([len(e) for e in encs]), ds.utts)
-    return out
+# The tiny trained models (fixtures ``models`` and ``encoded``) are in conftest.py: the Mask-CTC
+# beam search and benchmark tests decode them too.
 
 
 def write_config(path, config):
@@ -103,6 +53,8 @@ CLI_CASES = [
     ("ar", {"method": "ar_beam", "beam_size": 1}, "ar_beam1"),
     ("ar", {"method": "ar_beam", "beam_size": 4, "ctc_weight": 0.5, "penalty": 0.5}, "ar_beam4"),
     ("nar", {"method": "maskctc_greedy", "threshold": 0.9, "n_iterations": 3}, "maskctc_greedy"),
+    ("nar", {"method": "maskctc_beam", "beam_size": 3, "threshold": 0.9}, "maskctc_beam3"),
+    ("nar", {"method": "maskctc_beam", "length_variants": True}, "maskctc_beam5_lenvar"),
     ("transducer", {"method": "ctc_greedy"}, "ctc_greedy"),
     ("transducer", {"method": "transducer_greedy"}, "transducer_greedy"),
     ("transducer", {"method": "transducer_beam", "beam_size": 3}, "transducer_beam3"),
@@ -151,6 +103,10 @@ def test_cli_in_a_subprocess_then_score(models, tiny_features, tmp_path):
     ("nar", {"method": "maskctc_greedy", "threshold": 0.99, "n_iterations": 10}),
     ("nar", {"method": "maskctc_greedy", "threshold": 0.9, "n_iterations": 1}),
     ("transducer", {"method": "transducer_greedy", "max_symbols_per_frame": 3}),
+    # beam searches: the encoder runs per batch, the search per utterance
+    ("ar", {"method": "ar_beam", "beam_size": 3}),
+    ("transducer", {"method": "transducer_beam", "beam_size": 3}),
+    ("nar", {"method": "maskctc_beam", "beam_size": 3, "threshold": 0.9}),
 ])
 def test_batched_runner_output_equals_one_utterance_at_a_time(kind, config, models, tiny_features, tmp_path):
     data = tiny_features["feats"]
@@ -158,6 +114,17 @@ def test_batched_runner_output_equals_one_utterance_at_a_time(kind, config, mode
     batched = run_decode(models / kind, data, {**config, "batch_size": 6}, tmp_path / "six")
     assert texts(one) == texts(batched)
     assert any(texts(one).values()), "a test of empty outputs proves little"
+
+
+@pytest.mark.parametrize("kind,method", [("ar", "ar_beam"), ("transducer", "transducer_beam"),
+                                         ("nar", "maskctc_beam")])
+def test_beam_searches_run_the_encoder_once_per_batch(kind, method, models, tiny_features, tmp_path):
+    trained = load_trained(models / kind)
+    config = resolve_decode_config({"method": method, "beam_size": 2, "batch_size": 4})
+    with mock.patch("kdtool.decode.runner.load_trained", return_value=trained), \
+            mock.patch.object(trained.model, "encode", wraps=trained.model.encode) as encode:
+        decode_dir(models / kind, tiny_features["feats"], *config, tmp_path / "dec")
+    assert encode.call_count == 2  # 6 utterances, 4 per batch
 
 
 @pytest.mark.parametrize("kind,search", [
@@ -178,16 +145,6 @@ def _espnet_maskctc(model, tokenizer, enc, lens, threshold, n_iterations):
                                   "token_list": tokenizer.tokens})
     ref = MaskCTCInference(holder, n_iterations=n_iterations, threshold_probability=threshold)
     return [ref(enc[b, :n]).yseq[1:-1].tolist() for b, n in enumerate(lens.tolist())]
-
-
-def _scrambled(model, seed):
-    """``model`` with a randomly initialized masked LM: its varied, arbitrary scores test the order in
-    which masks are filled harder than our weakly trained one (which fills in mostly spaces)."""
-    model = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    for p in model.decoder.parameters():
-        torch.nn.init.normal_(p, std=0.5)
-    return model
 
 
 @pytest.mark.parametrize("threshold", [0.99, 0.9, 0.5])
@@ -232,17 +189,6 @@ def test_ctc_greedy_collapses_repeats_and_drops_blanks():
     assert greedy(log_probs, torch.tensor([8, 6])) == [[3, 3, 2], [1, 2]]
 
 
-def _all_blank(model):
-    """A copy of ``model`` whose CTC head and joint network put all their mass on blank."""
-    model = copy.deepcopy(model)
-    for layer in ([model.ctc.ctc_lo] if getattr(model, "ctc", None) is not None else []) + (
-            [model.joint_network.lin_out] if hasattr(model, "joint_network") else []):
-        torch.nn.init.zeros_(layer.weight)
-        torch.nn.init.zeros_(layer.bias)
-        layer.bias.data[model.blank] = 1000.0
-    return model
-
-
 def test_all_blank_output_gives_empty_hypotheses(encoded):
     searches = {
         "ctc": [lambda m, e, n: ctc_greedy_search(m, e, n)],
@@ -258,21 +204,6 @@ def test_all_blank_output_gives_empty_hypotheses(encoded):
         with torch.no_grad():
             for fn in fns:
                 assert fn(blank, enc, lens) == [[]] * len(lens), kind
-
-
-@pytest.fixture
-def data_with_a_short_utterance(tiny_features, tmp_path):
-    """The tiny feature dir plus spkc-u1: 6 frames, which conv2d subsampling turns into none."""
-    data = tmp_path / "short"
-    shutil.copytree(tiny_features["feats"], data)
-    ark = tmp_path / "short.ark"
-    with kaldiio.WriteHelper(f"ark,scp:{ark},{tmp_path / 'short.scp'}") as w:
-        w("spkc-u1", np.random.default_rng(0).normal(size=(6, 80)).astype(np.float32))
-    for name, line in (("feats.scp", (tmp_path / "short.scp").read_text().strip()), ("utt2num_frames", "spkc-u1 6"),
-                       ("text", "spkc-u1 HI"), ("utt2spk", "spkc-u1 spkc")):
-        with open(data / name, "a") as f:
-            f.write(line + "\n")
-    return data
 
 
 @pytest.mark.parametrize("kind,method", [("ctc", "ctc_greedy"), ("nar", "maskctc_greedy"), ("ar", "ar_beam"),

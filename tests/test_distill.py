@@ -81,14 +81,14 @@ def test_student_equal_to_its_teacher_has_zero_kd_loss(tiny_teacher, tiny_featur
     base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
     for name in ("dense", "top4"):
         soft = SoftLabelSet([dumps[name]], tiny_teacher / "tokens" / "tokens.txt", 1.0)
-        ds = DistillDataset(base, soft, student)
+        ds = DistillDataset(base, student, {"frame": soft})
         loss, stats = DistillLoss(alpha=1.0, temperature=1.0)(student, batch_of(ds))
         # top-k: the student's mass outside the teacher's 4 tokens makes KL(renormalized || student) > 0
         assert stats["loss_kd"] == pytest.approx(0.0, abs=1e-4) if name == "dense" else stats["loss_kd"] > 0
     # a different student is farther from the teacher
     other = build_model({"model": "ctc", "encoder_conf": ENC}, len(t.tokenizer)).eval()
     soft = SoftLabelSet([dumps["dense"]], tiny_teacher / "tokens" / "tokens.txt", 1.0)
-    _, stats = DistillLoss(1.0, 1.0)(other, batch_of(DistillDataset(base, soft, other)))
+    _, stats = DistillLoss(1.0, 1.0)(other, batch_of(DistillDataset(base, other, {"frame": soft})))
     assert stats["loss_kd"] > 1.0
 
 
@@ -98,7 +98,7 @@ def test_loss_mixes_supervised_and_kd_and_untranscribed_utterances_give_kd_only(
     student = build_model({"model": "ctc", "encoder_conf": ENC}, len(t.tokenizer)).eval()
     base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
     soft = SoftLabelSet([dumps["dense"]], tiny_teacher / "tokens" / "tokens.txt", 1.0)
-    ds = DistillDataset(base, soft, student)
+    ds = DistillDataset(base, student, {"frame": soft})
     batch = batch_of(ds)
     sup, _ = student(batch["feats"], batch["feats_lens"], batch["ys"], batch["ys_lens"])
     _, kd_only = DistillLoss(1.0, 1.0)(student, batch)
@@ -111,7 +111,7 @@ def test_loss_mixes_supervised_and_kd_and_untranscribed_utterances_give_kd_only(
     dirs = [subset(tiny_features["feats"], tmp_path / "trans", keep),
             subset(tiny_features["feats"], tmp_path / "untrans", gone, text=False)]
     mixed = SpeechDataset(dirs, t.tokenizer, tiny_features["cmvn"], require_text=False)
-    mbatch = batch_of(DistillDataset(mixed, soft, student))
+    mbatch = batch_of(DistillDataset(mixed, student, {"frame": soft}))
     assert mbatch["transcribed"].sum() == 4
     keep = [u for u in base.utts if u not in gone]
     sub = collate([base[u] for u in keep])
@@ -127,9 +127,9 @@ def test_online_teacher_equals_the_dump(tiny_teacher, tiny_features, dumps):
     base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
     for name, type, T in (("T2", "frame_posteriors", 2.0), ("fb_dense", "fb_posteriors", 1.0)):
         soft = SoftLabelSet([dumps[name]], tiny_teacher / "tokens" / "tokens.txt", T)
-        offline = DistillLoss(1.0, T)(student, batch_of(DistillDataset(base, soft, student)))[1]["loss_kd"]
+        offline = DistillLoss(1.0, T)(student, batch_of(DistillDataset(base, student, {"frame": soft})))[1]["loss_kd"]
         teacher = OnlineTeacher(t, type, T, mean_std(t.cmvn))
-        online = DistillLoss(1.0, T, teacher)(student, batch_of(DistillDataset(base, soft, student)))[1]["loss_kd"]
+        online = DistillLoss(1.0, T, None, teacher)(student, batch_of(DistillDataset(base, student, {"frame": soft})))[1]["loss_kd"]
         assert online.item() == pytest.approx(offline.item(), rel=1e-4)
 
 
@@ -139,12 +139,12 @@ def test_soft_labels_are_pooled_to_a_coarser_student(tiny_teacher, tiny_features
     student = build_model({"model": "ctc", "encoder_conf": {**ENC, "input_layer": input_layer}}, len(t.tokenizer))
     base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
     soft = SoftLabelSet([dumps["top4"]], tiny_teacher / "tokens" / "tokens.txt", 1.0)
-    ds = DistillDataset(base, soft, student)
+    ds = DistillDataset(base, student, {"frame": soft})
     assert ds.subsampling == factor
     for utt in ds.utts:
         item = ds[utt]
-        assert item["soft_ids"].shape[0] == subsampled_length(student, base.num_frames[utt])
-        assert torch.allclose(item["soft_probs"].sum(-1), torch.ones(item["soft_ids"].shape[0]), atol=1e-5)
+        assert item["frame_ids"].shape[0] == subsampled_length(student, base.num_frames[utt])
+        assert torch.allclose(item["frame_probs"].sum(-1), torch.ones(item["frame_ids"].shape[0]), atol=1e-5)
     loss, stats = DistillLoss(1.0, 1.0)(student.train(), batch_of(ds))
     loss.backward()
     assert torch.isfinite(loss) and stats["loss_kd"] > 0
@@ -199,7 +199,7 @@ def test_cli_trains_a_student_that_decodes(tiny_teacher, tiny_features, dumps, t
     info = json.loads((exp / "model_info.json").read_text())
     assert info["kind"] == "ctc" and info["alpha"] == 0.5 and info["epochs"] == 2
     saved = yaml.safe_load((exp / "config.yaml").read_text())
-    assert saved["kd_conf"]["soft_labels"] == [str(dumps["fb"])] and saved["kd_conf"]["alpha"] == 0.5
+    assert saved["kd_conf"]["teacher_data"] == [str(dumps["fb"])] and saved["kd_conf"]["alpha"] == 0.5
     metrics = (next((exp / "csv").glob("version_*")) / "metrics.csv").read_text()
     assert "train/loss_kd" in metrics and "train/loss_sup" in metrics and "valid/loss_ctc" in metrics
     out = tmp_path / "decode"
@@ -257,15 +257,15 @@ def test_error_paths_fail_before_training(tiny_teacher, tiny_features, dumps, tm
     write_table(part / "soft_labels.scp", dict(list(scp.items())[1:]))
     missing = sorted(scp)[0]
     one_line_error(cli(*cli_args(f, tiny_teacher, cfg, tmp_path / "e2", part)),
-                   rf"1 of 6 training utterances have no soft labels in .*part \(first: {missing}")
+                   rf"1 of 6 training utterances have no frame-level teacher data in .*part \(first: {missing}")
     skip = write_cfg(tmp_path / "skip.yaml", alpha=0.5, missing="skip")
     p = cli(*cli_args(f, tiny_teacher, skip, tmp_path / "ok", part))
-    assert p.returncode == 0 and "1 training utterances have no soft labels: trained without KD" in p.stderr
+    assert p.returncode == 0 and "1 training utterances have no frame-level teacher data" in p.stderr
     # frame posteriors dumped at another temperature
     one_line_error(cli(*cli_args(f, tiny_teacher, cfg, tmp_path / "e3", dumps["T2"])),
                    r"dumped at temperature 2.0, but kd_conf.temperature is 1.0")
     # KD without soft labels or an online teacher; a teacher dir without weights
-    one_line_error(cli(*cli_args(f, tiny_teacher, cfg, tmp_path / "e4")), r"needs soft labels \(--soft_labels")
+    one_line_error(cli(*cli_args(f, tiny_teacher, cfg, tmp_path / "e4")), r"kd_conf.frame_weight > 0 needs frame_posteriors or fb_posteriors dumps")
     broken = tmp_path / "broken_teacher"
     shutil.copytree(tiny_teacher, broken, ignore=shutil.ignore_patterns("model.pth", "checkpoints"))
     online = write_cfg(tmp_path / "online.yaml", alpha=0.5, online=True)
@@ -294,7 +294,239 @@ def test_corrupt_ark_names_the_ark_and_utterance(tiny_teacher, tiny_features, du
     t = load_trained(tiny_teacher)
     student = build_model({"model": "ctc", "encoder_conf": ENC}, len(t.tokenizer))
     ds = DistillDataset(SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"]),
-                        SoftLabelSet([bad], tiny_teacher / "tokens" / "tokens.txt", 1.0), student)
+                        student, {"frame": SoftLabelSet([bad], tiny_teacher / "tokens" / "tokens.txt", 1.0)})
     last = max(scp, key=lambda u: int(scp[u].rsplit(":", 1)[1]))
     with pytest.raises(SoftLabelError, match=rf"soft_labels.1.ark: utterance {last}: unreadable, truncated"):
         ds[last]
+
+
+# --------------------------------------------------------------------------- token- and sequence-level KD
+DEC = {"attention_heads": 2, "linear_units": 32, "num_blocks": 1}
+
+
+def train_tiny(kind, tiny_features, exp, **extra):
+    from kdtool.train.config import resolve_config
+    from kdtool.train.trainer import train
+    f = tiny_features
+    cfg = resolve_config({"model": kind, "encoder_conf": ENC, "max_epoch": 3, "batch_frames": 800,
+                          "keep_nbest_models": 1, "scheduler_conf": {"warmup_steps": 5}, **extra})
+    train(cfg, exp, f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
+    return exp
+
+
+@pytest.fixture(scope="module")
+def ar_teacher(tiny_features, tmp_path_factory):
+    return train_tiny("ar", tiny_features, tmp_path_factory.mktemp("ar") / "ar_teacher", decoder_conf=DEC)
+
+
+@pytest.fixture(scope="module")
+def ar_dumps(ar_teacher, tiny_features, tmp_path_factory):
+    from kdtool.kd.nbest import dump_nbest_job, merge_nbest
+    root = tmp_path_factory.mktemp("ar_dumps")
+    nbest = root / "nbest"
+    dump_nbest_job(ar_teacher, tiny_features["feats"], nbest, nbest=3, beam_size=4, job=1, nj=2)
+    dump_nbest_job(ar_teacher, tiny_features["feats"], nbest, nbest=3, beam_size=4, job=2, nj=2)
+    merge_nbest(nbest, 2)
+    return {"token": dump(ar_teacher, tiny_features["feats"], root / "token", type="token_posteriors"),
+            "token_top4": dump(ar_teacher, tiny_features["feats"], root / "token4", type="token_posteriors", topk=4),
+            "nbest": nbest}
+
+
+def test_token_posteriors_are_the_teacher_forced_decoder_distribution(ar_teacher, tiny_features, ar_dumps):
+    from kdtool.kd.softlabels import SoftLabelReader
+    t = load_trained(ar_teacher)
+    base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
+    reader = SoftLabelReader(ar_dumps["token"])
+    with torch.no_grad():
+        for utt in base.utts:
+            item = base[utt]
+            enc, enc_lens = t.model.encode(item["feats"][None], torch.tensor([item["feats"].shape[0]]))
+            logits, _ = t.model.decoder_logits(enc, enc_lens, item["ys"][None], torch.tensor([len(item["ys"])]))
+            assert torch.allclose(reader.dense(utt), logits[0].softmax(-1), atol=1e-5)  # tokens + <eos> rows
+
+
+def test_nbest_lists_round_trip_and_match_the_beam_search(ar_teacher, tiny_features, ar_dumps):
+    from kdtool.decode.ar import ARBeamSearch
+    from kdtool.kd.nbest import NBestReader
+    t = load_trained(ar_teacher)
+    reader = NBestReader(ar_dumps["nbest"], ar_teacher / "tokens" / "tokens.txt")
+    base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
+    search = ARBeamSearch(t.model, beam_size=4, ctc_weight=0.3)
+    lines = (ar_dumps["nbest"] / "nbest.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["utt"] for ln in lines] == base.utts  # sorted, every utterance once
+    with torch.no_grad():
+        for utt in base.utts:
+            item = base[utt]
+            enc, enc_lens = t.model.encode(item["feats"][None], torch.tensor([item["feats"].shape[0]]))
+            expected = [(h, s) for h, s in search.nbest(enc, enc_lens, 3)[0] if h]
+            got = reader[utt] if utt in reader else []
+            assert [h for h, _ in got] == [h for h, _ in expected]
+            assert [s for _, s in got] == pytest.approx([s for _, s in expected], abs=1e-4)
+            assert all(s1 >= s2 for (_, s1), (_, s2) in zip(got, got[1:]))
+
+
+def nar_student(V):
+    return build_model({"model": "nar", "encoder_conf": ENC, "decoder_conf": DEC}, V)
+
+
+def test_token_level_kl_only_touches_masked_positions(ar_teacher, tiny_features, ar_dumps):
+    import numpy as np
+    t = load_trained(ar_teacher)
+    student = nar_student(len(t.tokenizer)).eval()
+    base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
+    soft = SoftLabelSet([ar_dumps["token"]], ar_teacher / "tokens" / "tokens.txt", 1.0)
+    batch = batch_of(DistillDataset(base, student, {"token": soft}))
+    loss_fn = DistillLoss(1.0, 1.0, {"token": 1.0})
+
+    def token_kd(b):
+        np.random.seed(3)  # Mask-CTC picks its masks with numpy
+        return loss_fn(student, b)[1]["loss_kd_token"].item()
+    np.random.seed(3)
+    _, ys_out = student.decoder_logits(*student.encode(batch["feats"], batch["feats_lens"]),
+                                       batch["ys"], batch["ys_lens"])
+    masked = ys_out != -1
+    assert masked.any() and (~masked & (batch["ys"] != -1)).any()
+    before = token_kd(batch)
+    assert before > 0
+    # another teacher distribution where the student did not mask: the loss stays
+    changed = dict(batch, token_probs=batch["token_probs"].clone())
+    changed["token_probs"][:, :masked.shape[1]][~masked] = changed["token_probs"][:, :masked.shape[1]][~masked].roll(1, -1)
+    assert token_kd(changed) == pytest.approx(before, rel=1e-6)
+    # ... and where it did, the loss moves
+    one_hot = torch.zeros_like(changed["token_probs"][:, :masked.shape[1]][masked])
+    one_hot[:, 0] = 1.0  # all the mass on the teacher's best token
+    changed["token_probs"][:, :masked.shape[1]][masked] = one_hot
+    assert token_kd(changed) != pytest.approx(before, rel=1e-2)
+
+
+def test_token_level_kl_of_an_ar_student_equal_to_its_teacher_is_zero(ar_teacher, tiny_features, ar_dumps):
+    t = load_trained(ar_teacher)
+    base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
+    soft = SoftLabelSet([ar_dumps["token"]], ar_teacher / "tokens" / "tokens.txt", 1.0)
+    batch = batch_of(DistillDataset(base, t.model, {"token": soft}))
+    assert DistillLoss(1.0, 1.0, {"token": 1.0})(t.model, batch)[1]["loss_kd_token"].item() == \
+        pytest.approx(0.0, abs=1e-4)
+
+
+def test_sequence_level_loss_on_a_one_hypothesis_nbest_is_the_supervised_loss_on_it(ar_teacher, tiny_features,
+                                                                                     tmp_path):
+    from kdtool.kd.nbest import FORMAT_VERSION, NBestSet
+    from kdtool.kd.softlabels import tokens_sha256
+    t = load_trained(ar_teacher)
+    student = build_model({"model": "ar", "encoder_conf": ENC, "decoder_conf": DEC}, len(t.tokenizer)).eval()
+    base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
+    hyps = {u: t.tokenizer.text2ids(text) for u, text in
+            zip(base.utts, ["A DOG", "THE FOX", "SMOKE", "TIME FLIES", "GOLD IS", "A LITTLE THING"])}
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    (nb / "nbest.json").write_text(json.dumps({"tokens_sha256": tokens_sha256(ar_teacher / "tokens" / "tokens.txt"),
+                                               "vocab_size": len(t.tokenizer), "format_version": FORMAT_VERSION}))
+    (nb / "nbest.jsonl").write_text("".join(json.dumps({"utt": u, "hyps": [{"tokens": h, "score": -1.0}]}) + "\n"
+                                            for u, h in hyps.items()))
+    batch = batch_of(DistillDataset(base, student, {"seq": NBestSet([nb], ar_teacher / "tokens" / "tokens.txt")}))
+    seq = DistillLoss(1.0, 1.0, {"seq": 1.0})(student, batch)[1]["loss_kd_seq"]
+    ys = pad_sequence_ids([hyps[u] for u in batch["utts"]])
+    expected, _ = student(batch["feats"], batch["feats_lens"], ys, torch.tensor([len(hyps[u]) for u in batch["utts"]]))
+    assert seq.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def pad_sequence_ids(seqs):
+    return torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s in seqs], batch_first=True, padding_value=-1)
+
+
+def test_nbest_weights_follow_the_scores():
+    from kdtool.kd.nbest import nbest_weights
+    w = nbest_weights([-1.0, -2.0, -4.0])
+    assert w.sum().item() == pytest.approx(1.0) and w[0] > w[1] > w[2]
+    assert nbest_weights([-1.0, -2.0], tau=100.0)[0].item() == pytest.approx(0.5, abs=0.01)
+
+
+def write_nbest(path, teacher, lines, vocab=None):
+    from kdtool.kd.nbest import FORMAT_VERSION
+    from kdtool.kd.softlabels import tokens_sha256
+    path.mkdir()
+    V = vocab or len((teacher / "tokens" / "tokens.txt").read_text().splitlines())
+    (path / "nbest.json").write_text(json.dumps({"tokens_sha256": tokens_sha256(teacher / "tokens" / "tokens.txt"),
+                                                 "vocab_size": V, "format_version": FORMAT_VERSION}))
+    (path / "nbest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_bad_nbest_and_token_kd_errors_come_before_training(ar_teacher, tiny_features, ar_dumps, tmp_path):
+    f = tiny_features
+    utts = sorted(read_table(f["feats"] / "feats.scp"))
+    seq_cfg = write_cfg(tmp_path / "seq.yaml", alpha=0.5, frame_weight=0.0, seq_weight=1.0)
+
+    def run(cfg, exp, nbest=None, soft=()):
+        args = cli_args(f, ar_teacher, cfg, tmp_path / exp, *soft)
+        return cli(*args, *(["--nbest", nbest] if nbest else []))
+    one_line_error(run(seq_cfg, "e1", write_nbest(tmp_path / "n1", ar_teacher, [
+        {"utt": u, "hyps": [{"tokens": [3, 4], "score": -1.0}]} for u in utts[1:]])),
+        rf"1 of 6 training utterances have no seq-level teacher data in .*n1 \(first: {utts[0]}")
+    one_line_error(run(seq_cfg, "e2", write_nbest(tmp_path / "n2", ar_teacher, [
+        {"utt": u, "hyps": [{"tokens": [3, 4], "score": -1.0}, {"tokens": [], "score": -2.0}]} for u in utts])),
+        rf"n2/nbest.jsonl: utterance {utts[0]}: hypothesis 2 is empty")
+    V = len((ar_teacher / "tokens" / "tokens.txt").read_text().splitlines())
+    one_line_error(run(seq_cfg, "e3", write_nbest(tmp_path / "n3", ar_teacher, [
+        {"utt": u, "hyps": [{"tokens": [3, V + 5], "score": -1.0}]} for u in utts])),
+        rf"utterance {utts[0]}: hypothesis 1 has token id {V + 5}, not a token of the {V}-entry list")
+    one_line_error(run(seq_cfg, "e4"), r"kd_conf.seq_weight > 0 needs N-best lists \(--nbest\)")
+    token_cfg = write_cfg(tmp_path / "tok.yaml", alpha=0.5, frame_weight=0.0, token_weight=1.0)  # a ctc student
+    one_line_error(run(token_cfg, "e5", soft=[ar_dumps["token"]]),
+                   r"token-level KD trains a decoder \(an ar or nar student's\); this ctc student has none")
+    for e in ("e1", "e2", "e3", "e4", "e5"):
+        assert not (tmp_path / e / "checkpoints").exists()
+
+
+def test_a_nar_student_trains_with_every_term_through_the_cli(ar_teacher, tiny_features, ar_dumps, tmp_path):
+    cfg = tmp_path / "nar.yaml"
+    cfg.write_text(yaml.safe_dump({"model": "nar", "encoder_conf": ENC, "decoder_conf": DEC, "max_epoch": 1,
+                                   "batch_frames": 800, "keep_nbest_models": 1, "log_interval": 1,
+                                   "kd_conf": {"alpha": 0.5, "frame_weight": 1.0, "token_weight": 1.0,
+                                               "seq_weight": 1.0}}))
+    frame = dump(ar_teacher, tiny_features["feats"], tmp_path / "frame", topk=4)
+    exp = tmp_path / "nar"
+    p = cli(*cli_args(tiny_features, ar_teacher, cfg, exp, frame, ar_dumps["token_top4"]), "--nbest",
+            ar_dumps["nbest"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads((exp / "model_info.json").read_text())
+    assert info["kd_terms"] == ["frame", "token", "seq"]
+    metrics = (next((exp / "csv").glob("version_*")) / "metrics.csv").read_text()
+    for name in ("loss_kd_frame", "loss_kd_token", "loss_kd_seq", "loss_mlm"):
+        assert f"train/{name}" in metrics
+
+
+# --------------------------------------------------------------------------- transducer lattice KD
+RNNT = {"decoder_conf": {"hidden_size": 16}, "joint_net_conf": {"joint_space_size": 16}}
+
+
+@pytest.fixture(scope="module")
+def rnnt_teacher(tiny_features, tmp_path_factory):
+    return train_tiny("transducer", tiny_features, tmp_path_factory.mktemp("rnnt") / "rnnt_teacher", **RNNT)
+
+
+def test_lattice_kd_of_a_transducer_against_itself_is_zero(rnnt_teacher, tiny_features, tmp_path):
+    lattice = dump(rnnt_teacher, tiny_features["feats"], tmp_path / "lat", type="rnnt_lattice")
+    t = load_trained(rnnt_teacher)
+    base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
+    soft = SoftLabelSet([lattice], rnnt_teacher / "tokens" / "tokens.txt", 1.0)
+    batch = batch_of(DistillDataset(base, t.model, {"lattice": soft}))
+    assert all(lat.shape[1:] == (len(base[u]["ys"]) + 1, 3) for u, lat in zip(batch["utts"], batch["lattice"]))
+    same = DistillLoss(1.0, 1.0, {"lattice": 1.0})(t.model, batch)[1]["loss_kd_lattice"]
+    assert same.item() == pytest.approx(0.0, abs=1e-4)
+    other = build_model({"model": "transducer", "encoder_conf": ENC, **RNNT}, len(t.tokenizer)).eval()
+    assert DistillLoss(1.0, 1.0, {"lattice": 1.0})(other, batch)[1]["loss_kd_lattice"] > 0.1
+
+
+def test_lattice_dump_with_other_transcripts_is_caught(rnnt_teacher, tiny_features, tmp_path):
+    lattice = dump(rnnt_teacher, tiny_features["feats"], tmp_path / "lat", type="rnnt_lattice")
+    changed = tmp_path / "feats"
+    shutil.copytree(tiny_features["feats"], changed)
+    text = read_table(changed / "text")
+    first = sorted(text)[0]
+    write_table(changed / "text", {**text, first: text[first] + " AND MORE"})
+    t = load_trained(rnnt_teacher)
+    ds = DistillDataset(SpeechDataset(changed, t.tokenizer, tiny_features["cmvn"]), t.model,
+                        {"lattice": SoftLabelSet([lattice], rnnt_teacher / "tokens" / "tokens.txt", 1.0)})
+    with pytest.raises(SoftLabelError, match=rf"lat: utterance {first}: .*transcript"):
+        ds[first]

@@ -51,11 +51,11 @@ def test_stages_1_and_2_make_valid_data_features_and_tokens(mini_en):
             if (mini_en / "data" / name / f).exists():
                 assert (mini_en / "data" / name / f).read_text() == (d.path / f).read_text()
     assert kaldiio.load_mat(str(mini_en / "dump/fbank/train/cmvn.ark")).shape == (2, 81)
-    tok = Tokenizer(mini_en / "data/token_list/bpe_unigram300")
+    tok = Tokenizer(mini_en / "data/token_list/char")
     text = DataDir(mini_en / "data/train").read("text")
     assert all(tok.ids2text(tok.text2ids(t)) == t for t in text.values())
     times = [ln.split("\t")[0] for ln in (mini_en / "exp_fast/stage_times.tsv").read_text().splitlines()]
-    assert times == ["1", "2", "3", "4", "6", "7"]
+    assert times == ["1", "2", "3", "4", "5", "6", "7"]
 
 
 def test_teachers_are_trained_decoded_and_scored(mini_en):
@@ -71,25 +71,43 @@ def test_teachers_are_trained_decoded_and_scored(mini_en):
                 assert score["params"] == info["params"] and score["test_set"] == x
     # stage 4: the AR teacher's soft labels, for the transcribed set and the untranscribed pool
     labels = exp / "ar_teacher" / "soft_labels"
-    for name, n in (("frame_posteriors_train", 300), ("frame_posteriors_untrans", 60), ("fb_posteriors_train", 300)):
-        reader = SoftLabelReader(labels / name, tokens_path=mini_en / "data/token_list/bpe_unigram300/tokens.txt")
-        assert len(reader) == n and reader.topk == 8
+    for name, n, topk in (("frame_posteriors_train", 300, 8), ("frame_posteriors_untrans", 60, 8),
+                          ("fb_posteriors_train", 300, 8), ("fb_posteriors_dense_train", 300, None)):
+        reader = SoftLabelReader(labels / name, tokens_path=mini_en / "data/token_list/char/tokens.txt")
+        assert len(reader) == n and reader.topk == topk
         utt = reader.keys()[0]
         assert torch.allclose(reader.dense(utt).sum(-1), torch.ones(1), atol=1e-4)
+    # stage 5: a student without and one with distillation, decoded and scored like the teachers
+    for student, alpha in (("ctc_student", 0.0), ("ctc_student_kd", 0.5)):
+        info = json.loads((exp / student / "model_info.json").read_text())
+        assert info["kind"] == "ctc" and info["alpha"] == alpha and info["teacher"] == "exp_fast/ar_teacher"
+        saved = (exp / student / "config.yaml").read_text()
+        assert "ar_teacher/soft_labels/fb_posteriors_train" in saved
+        score = json.loads((exp / student / "decode_ctc_greedy_test" / "score.json").read_text())
+        assert score["n_utts"] == 30 and score["params"] == info["params"]
+    # progressive distillation: each stage's teacher is the previous stage's student
+    for student, teacher in (("transducer_student_stage1", "transducer_teacher"),
+                             ("transducer_student_stage2", "transducer_student_stage1")):
+        info = json.loads((exp / student / "model_info.json").read_text())
+        assert info["teacher"] == f"exp_fast/{teacher}" and info["kd_terms"] == ["lattice"]
+        assert (exp / teacher / "soft_labels" / "rnnt_lattice_train" / "soft_labels.scp").is_file()
+        for name in ("transducer_beam4", "transducer_streaming"):
+            assert (exp / student / f"decode_{name}_test" / "score.json").is_file()
     results = (mini_en / "RESULTS.md").read_text()
-    for row in ("ar_teacher", "ar_beam10", "transducer_beam4_alsd", "streaming_chunk16", "test_unseen"):
+    for row in ("ar_teacher", "ar_beam10", "transducer_beam4_alsd", "streaming_chunk16", "test_unseen",
+                "ctc_student_kd"):
         assert row in results, row
 
 
 def test_rerunning_a_stage_alone_gives_the_same_result(mini_en):
     before = feats_of(mini_en, "dev")
-    tokens = (mini_en / "data/token_list/bpe_unigram300/tokens.txt").read_text()
+    tokens = (mini_en / "data/token_list/char/tokens.txt").read_text()
     out = run(mini_en, "--fast", "--stage", "2", "--stop_stage", "2").stdout
     assert "Stage 1:" not in out and "Stage 2:" in out
     after = feats_of(mini_en, "dev")
     assert list(before) == list(after)
     assert all(np.array_equal(before[u], after[u]) for u in before)
-    assert (mini_en / "data/token_list/bpe_unigram300/tokens.txt").read_text() == tokens
+    assert (mini_en / "data/token_list/char/tokens.txt").read_text() == tokens
 
 
 def test_unknown_option_fails_clearly(mini_en):

@@ -5,7 +5,7 @@
 
 The config names a method and its options (unknown keys are an error), e.g.
 
-    method: ar_beam        # ctc_greedy | ar_beam | maskctc_greedy | transducer_greedy | transducer_beam
+    method: ar_beam        # ctc_greedy | ar_beam | maskctc_greedy | maskctc_beam | transducer_greedy | ...
     beam_size: 10
     ctc_weight: 0.3
 

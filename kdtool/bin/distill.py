@@ -1,16 +1,19 @@
-"""Stage 5: train a student by frame-level distillation from a teacher's soft labels.
+"""Stage 5: train a student by distillation from a teacher's soft labels and N-best lists.
 
     python -m kdtool.bin.distill --config conf/train_ctc_student_kd.yaml \
-        --train_data dump/fbank/train dump/fbank/untrans --valid_data dump/fbank/dev \
-        --soft_labels exp/ar_teacher/soft_labels/fb_posteriors_train \
-                      exp/ar_teacher/soft_labels/frame_posteriors_untrans \
-        --teacher_dir exp/ar_teacher --token_list data/token_list/bpe_unigram300 \
-        --cmvn dump/fbank/train/cmvn.ark --exp_dir exp/ctc_student_kd
+        --train_data dump/fbank/train --untrans_data dump/fbank/untrans --valid_data dump/fbank/dev \
+        --teacher_dir exp/ar_teacher --soft_label_dir exp/ar_teacher/soft_labels \
+        --token_list data/token_list/char --cmvn dump/fbank/train/cmvn.ark --exp_dir exp/ctc_student_kd
 
-loss = (1 - alpha) * supervised + alpha * T^2 * KL(teacher || student CTC posteriors at T); an
-untranscribed utterance (a set without text) contributes the KD term only. alpha, T, online
-mode and initialisation from the teacher are in the config's kd_conf / init_conf (documented in
-kdtool/kd/distill.py). Same trainer as stage 3: DDP flags, resume after a kill, checkpoint averaging.
+The config's kd_conf picks the dumps under --soft_label_dir by stage 4's names (e.g.
+fb_posteriors_train, frame_posteriors_untrans, token_posteriors_train, nbest_train); --soft_labels
+and --nbest name dump dirs explicitly instead.
+
+loss = (1 - alpha) * supervised + alpha * (weighted frame-, token-, sequence- and lattice-level KD
+terms); an untranscribed utterance (a set without text) learns from the teacher alone. alpha, T,
+the terms' weights, online mode and initialisation from the teacher are in the config's kd_conf /
+init_conf (documented in kdtool/kd/distill.py). Same trainer as stage 3: DDP flags, resume after a
+kill, checkpoint averaging.
 """
 import argparse
 
@@ -22,9 +25,14 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="student model + training + kd_conf YAML")
     p.add_argument("--train_data", required=True, nargs="+", help="feature dir(s) from stage 2")
+    p.add_argument("--untrans_data", nargs="*", default=[],
+                   help="untranscribed feature dir(s); used when kd_conf.untranscribed is true")
     p.add_argument("--valid_data", required=True)
-    p.add_argument("--soft_labels", nargs="*", default=[], help="soft-label dump dir(s) from stage 4")
+    p.add_argument("--soft_labels", nargs="*", default=[],
+                   help="soft-label dump dir(s) from stage 4, any types; each feeds the KD term of its type")
+    p.add_argument("--nbest", nargs="*", default=[], help="N-best dir(s) from stage 4 (sequence-level KD)")
     p.add_argument("--teacher_dir", default=None, help="teacher exp dir (online mode, init_conf)")
+    p.add_argument("--soft_label_dir", default=None, help="stage 4's output dir: dumps found by their names")
     p.add_argument("--token_list", required=True, help="token-list dir from stage 2 (the teacher's)")
     p.add_argument("--cmvn", required=True, help="global CMVN stats of the training set")
     p.add_argument("--exp_dir", required=True)
@@ -38,7 +46,8 @@ def main():
     args = get_parser().parse_args()
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     distill(load_student_config(args.config), args.exp_dir, args.train_data, args.valid_data, args.token_list,
-            args.cmvn, soft_label_dirs=args.soft_labels, teacher_dir=args.teacher_dir, devices=devices,
+            args.cmvn, soft_label_dirs=args.soft_labels, nbest_dirs=args.nbest, teacher_dir=args.teacher_dir,
+            soft_label_dir=args.soft_label_dir, untrans_dirs=args.untrans_data, devices=devices,
             num_nodes=args.num_nodes, accelerator=args.accelerator)
 
 

@@ -72,18 +72,26 @@ class Method:
 METHODS = {
     "ctc_greedy": Method({"batch_size": 16}, _needs_ctc, lambda m, o: partial(ctc_greedy_search, m),
                          lambda o: "ctc_greedy"),
-    "ar_beam": Method({"beam_size": 10, "ctc_weight": 0.3, "penalty": 0.0, "maxlenratio": 0.0, "minlenratio": 0.0},
+    # beam searches go one utterance at a time; batch_size batches the encoder
+    "ar_beam": Method({"batch_size": 16, "beam_size": 10, "ctc_weight": 0.3, "penalty": 0.0, "maxlenratio": 0.0,
+                       "minlenratio": 0.0},
                       _needs_kind("ar", "ar_beam"), lambda m, o: ARBeamSearch(m, **o),
                       lambda o: f"ar_beam{o['beam_size']}"),
     "maskctc_greedy": Method({"batch_size": 16, "threshold": 0.99, "n_iterations": 10}, maskctc.check_model,
                              lambda m, o: partial(maskctc.maskctc_greedy, m, **o), lambda o: "maskctc_greedy"),
+    # ctc_weight: final score = decoder log-prob of the filled masks + ctc_weight * CTC log-likelihood;
+    # length_variants: also try one mask less / more at each run of masks (needs ctc_weight > 0)
+    "maskctc_beam": Method({"batch_size": 16, "beam_size": 5, "threshold": 0.99, "n_iterations": 10,
+                            "ctc_weight": 0.3, "length_variants": False}, maskctc.check_model,
+                           lambda m, o: maskctc.MaskCTCBeamSearch(m, **o),
+                           lambda o: f"maskctc_beam{o['beam_size']}" + ("_lenvar" if o["length_variants"] else "")),
     "transducer_greedy": Method({"batch_size": 16, "max_symbols_per_frame": 5},
                                 _needs_kind("transducer", "transducer_greedy"),
                                 lambda m, o: partial(greedy_search, m, **o), lambda o: "transducer_greedy"),
     # max_sym_exp: tsd's expansions per frame (espnet's meaning: at most max_sym_exp - 1 labels);
     # u_max: alsd's longest output
-    "transducer_beam": Method({"beam_size": 4, "search_type": "default", "max_sym_exp": 2, "u_max": 50,
-                               "score_norm": True},
+    "transducer_beam": Method({"batch_size": 16, "beam_size": 4, "search_type": "default", "max_sym_exp": 2,
+                               "u_max": 50, "score_norm": True},
                               _needs_kind("transducer", "transducer_beam"), lambda m, o: TransducerBeamSearch(m, **o),
                               lambda o: f"transducer_beam{o['beam_size']}"
                                         + ("" if o["search_type"] == "default" else f"_{o['search_type']}")),
@@ -135,13 +143,11 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     try:
         trained = load_trained(model_dir)
         model, tokenizer = trained.model, trained.tokenizer
-        spec.check(model)  # before reading any features
-        batch_size = options.get("batch_size", 1)
-        search = spec.build(model, {k: v for k, v in options.items() if k != "batch_size"})
+        search, batch_size = build_search(model, method, options)  # before reading any features
         ds = SpeechDataset(data_dir, tokenizer, cmvn_path=Path(model_dir) / "cmvn.ark", require_text=False)
         if len(ds) == 0:
             raise ValueError(f"{data_dir}: no utterances to decode")
-        hyps, seconds = _decode(model, tokenizer, ds, search, batch_size)
+        hyps, seconds = decode_dataset(model, tokenizer, ds, search, batch_size)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -156,8 +162,26 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     return info
 
 
-def _decode(model, tokenizer, ds, search, batch_size):
-    """({utt: text}, {utt: seconds}) for every utterance of ``ds``."""
+def build_search(model, method, options):
+    """(search, batch_size) for ``model``: a ValueError if the method cannot decode this model."""
+    spec = METHODS[method]
+    spec.check(model)
+    search = spec.build(model, {k: v for k, v in options.items() if k != "batch_size"})
+    return search, options.get("batch_size", 1)
+
+
+def search_batch(model, search, batch):
+    """Token ids of a collated batch: the encoder then the search (or the search alone if it
+    takes_feats). Call under torch.no_grad()."""
+    if getattr(search, "takes_feats", False):
+        return search(batch["feats"], batch["feats_lens"])
+    enc, enc_lens = model.encode(batch["feats"], batch["feats_lens"])
+    return search(enc, enc_lens)
+
+
+def decode_dataset(model, tokenizer, ds, search, batch_size):
+    """({utt: text}, {utt: seconds}) for every utterance of ``ds``, ``batch_size`` at a time; a
+    batch's time is that of ``search_batch`` (encoder and search, not reading the features)."""
     # conv2d subsampling turns too short an input into no frames at all: nothing to decode
     short = [u for u in ds.utts if subsampled_length(model, ds.num_frames[u]) < 1]
     if short:
@@ -171,11 +195,7 @@ def _decode(model, tokenizer, ds, search, batch_size):
         for i in range(0, len(order), batch_size):
             batch = collate([ds[u] for u in order[i:i + batch_size]])
             start = time.perf_counter()
-            if getattr(search, "takes_feats", False):
-                ids = search(batch["feats"], batch["feats_lens"])
-            else:
-                enc, enc_lens = model.encode(batch["feats"], batch["feats_lens"])
-                ids = search(enc, enc_lens)
+            ids = search_batch(model, search, batch)
             elapsed = time.perf_counter() - start
             frames = batch["feats_lens"].tolist()
             for utt, utt_ids, n in zip(batch["utts"], ids, frames):

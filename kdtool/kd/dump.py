@@ -17,9 +17,14 @@
     frames_per_second            frames / seconds (stored frames); input_frames_per_second likewise
     type, topk, temperature, teacher, vocab_size, subsampling, nj
 
-Types: ``frame_posteriors`` = softmax(CTC logits / T) per encoder frame, for every utterance
-(transcribed or not); ``fb_posteriors`` = CTC forward-backward token occupancies given the
-transcript (kdtool.kd.forward_backward) at temperature 1.
+Types (rows per utterance in brackets; "frames" in the stats count rows):
+
+    frame_posteriors   softmax(CTC logits / T) [encoder frames], every utterance (text not needed)
+    fb_posteriors      CTC forward-backward occupancies given the transcript [encoder frames], T = 1
+    token_posteriors   an AR teacher's decoder softmax(logits / T) under teacher forcing on the
+                       transcript [tokens + <eos>]
+    rnnt_lattice       a transducer teacher's collapsed (blank, next label, rest) distributions at
+                       T over the output lattice [encoder frames * (tokens + 1)] (kdtool.kd.rnnt)
 """
 import json
 import logging
@@ -33,7 +38,8 @@ from kdtool.data.datadir import DataDir
 from kdtool.features.fbank import job_slice
 from kdtool.kd.forward_backward import ctc_min_length, ctc_occupancies_batch
 from kdtool.kd.losses import soften
-from kdtool.kd.softlabels import (TYPES, SoftLabelError, SoftLabelWriter, bytes_per_frame, merge_jobs,
+from kdtool.kd.rnnt import teacher_lattice_posteriors, to_matrix
+from kdtool.kd.softlabels import (FRAME_TYPES, TYPES, SoftLabelError, SoftLabelWriter, bytes_per_frame, merge_jobs, row_width,
                                   tokens_sha256)
 from kdtool.models.asr import subsampled_length, subsampling_factor
 from kdtool.models.load import load_trained
@@ -46,11 +52,18 @@ def stats_path(out_dir, job):
 
 
 
-def check_teacher(trained):
+NEEDS_TEXT = ("fb_posteriors", "token_posteriors", "rnnt_lattice")
+
+
+def check_teacher(trained, type="frame_posteriors"):
+    """A teacher that cannot give this type of soft labels is a ValueError saying why."""
     model = trained.model
-    if getattr(model, "ctc", None) is None:
+    if type in FRAME_TYPES and getattr(model, "ctc", None) is None:
         raise ValueError(f"{trained.exp_dir}: the teacher ({model.kind}) has no CTC head (ctc_weight 0?): "
                          "no frame posteriors to dump")
+    need = {"token_posteriors": "ar", "rnnt_lattice": "transducer"}.get(type)
+    if need and model.kind != need:
+        raise ValueError(f"{trained.exp_dir}: {type} come from an {need} teacher, not a {model.kind} model")
 
 
 def teacher_meta(trained, type, topk, temperature):
@@ -58,7 +71,7 @@ def teacher_meta(trained, type, topk, temperature):
         raise ValueError(f"--type {type!r} is not one of {TYPES}")
     sub = subsampling_factor(trained.model)
     return {"type": type, "topk": topk or None, "vocab_size": len(trained.tokenizer),
-            "temperature": float(temperature) if type == "frame_posteriors" else 1.0,
+            "temperature": 1.0 if type == "fb_posteriors" else float(temperature),
             "tokens_sha256": tokens_sha256(Path(trained.exp_dir) / "tokens" / "tokens.txt"),
             "teacher": str(Path(trained.exp_dir).resolve()), "subsampling": sub, "frame_shift_ms": 10 * sub}
 
@@ -84,16 +97,16 @@ def dump_job(teacher_dir, data_dir, out_dir, type="frame_posteriors", topk=None,
     """Write one job's soft labels; returns its stats dict."""
     out = Path(out_dir)
     trained = load_trained(teacher_dir, device=device)
-    check_teacher(trained)
+    check_teacher(trained, type)
     model = trained.model.eval()
     if type == "fb_posteriors" and temperature != 1.0:
         logging.warning("--type fb_posteriors is computed at temperature 1; --temperature %s is ignored", temperature)
     meta = teacher_meta(trained, type, topk, temperature)
-    if type == "fb_posteriors" and not DataDir(data_dir).has("text"):
-        raise ValueError(f"{data_dir}: no text file: --type fb_posteriors needs transcripts "
+    if type in NEEDS_TEXT and not DataDir(data_dir).has("text"):
+        raise ValueError(f"{data_dir}: no text file: --type {type} needs transcripts "
                          "(use --type frame_posteriors for untranscribed data)")
     ds = SpeechDataset(data_dir, trained.tokenizer, cmvn_path=Path(teacher_dir) / "cmvn.ark",
-                       require_text=type == "fb_posteriors")
+                       require_text=type in NEEDS_TEXT)
     if len(ds) == 0:
         raise ValueError(f"{data_dir}: no utterances")
     utts = job_slice(ds.utts, job, nj)
@@ -119,24 +132,12 @@ def dump_job(teacher_dir, data_dir, out_dir, type="frame_posteriors", topk=None,
         for i in range(0, len(order), batch_size):
             batch = collate([ds[u] for u in order[i:i + batch_size]])
             start = time.perf_counter()
-            feats, feats_lens = batch["feats"].to(device), batch["feats_lens"].to(device)
-            enc, enc_lens = model.encode(feats, feats_lens)
-            log_probs = model.ctc_log_probs(enc)
-            if type == "frame_posteriors":
-                probs = soften(log_probs, meta["temperature"]).exp()  # = softmax(logits / T)
-            else:
-                probs = ctc_occupancies_batch(log_probs, enc_lens, batch["ys"].to(device), batch["ys_lens"],
-                                              blank=model.blank)
-            probs = probs.cpu()
+            rows = teacher_rows(model, batch, type, meta["temperature"], device)
             seconds += time.perf_counter() - start
-            for b, utt in enumerate(batch["utts"]):
-                n = int(enc_lens[b])
-                expected = subsampled_length(model, int(batch["feats_lens"][b]))
-                if n != expected:  # the stored frames must line up with a student's frames
-                    raise SoftLabelError(f"utterance {utt}: the encoder gave {n} frames, expected {expected}")
-                writer.write(utt, probs[b, :n])
-                frames += n
-                input_frames += int(batch["feats_lens"][b])
+            for utt, mat in zip(batch["utts"], rows):
+                writer.write(utt, mat)
+                frames += mat.shape[0]
+            input_frames += int(batch["feats_lens"].sum())
             bar.update(len(batch["utts"]))
     stats = {"utterances": len(order), "frames": frames, "input_frames": input_frames, "skipped": len(bad),
              "skipped_utts": sorted(bad), "seconds": seconds}
@@ -145,6 +146,31 @@ def dump_job(teacher_dir, data_dir, out_dir, type="frame_posteriors", topk=None,
     logging.info("%s job %d/%d: %d utterances, %d frames in %.1f s (%.0f frames/s)%s", out, job, nj, len(order),
                  frames, seconds, frames / max(seconds, 1e-9), f", {len(bad)} skipped" if bad else "")
     return stats
+
+
+def teacher_rows(model, batch, type, temperature, device="cpu"):
+    """The teacher's soft labels for one batch: a list of per-utterance [rows, width] probabilities."""
+    feats, feats_lens = batch["feats"].to(device), batch["feats_lens"].to(device)
+    ys, ys_lens = batch["ys"].to(device), batch["ys_lens"].to(device)
+    if type == "rnnt_lattice":
+        return [to_matrix(p).cpu() for p in teacher_lattice_posteriors(model, feats, feats_lens, ys, ys_lens,
+                                                                       temperature)]
+    enc, enc_lens = model.encode(feats, feats_lens)
+    if type == "token_posteriors":
+        logits, _ = model.decoder_logits(enc, enc_lens, ys, ys_lens)  # positions: tokens, then <eos>
+        probs = soften(logits, temperature).exp().cpu()
+        return [probs[b, :n + 1] for b, n in enumerate(batch["ys_lens"].tolist())]
+    for b, utt in enumerate(batch["utts"]):  # stored frames must line up with a student's frames
+        expected = subsampled_length(model, int(batch["feats_lens"][b]))
+        if int(enc_lens[b]) != expected:
+            raise SoftLabelError(f"utterance {utt}: the encoder gave {int(enc_lens[b])} frames, expected {expected}")
+    log_probs = model.ctc_log_probs(enc)
+    if type == "frame_posteriors":
+        probs = soften(log_probs, temperature).exp()  # = softmax(logits / T)
+    else:
+        probs = ctc_occupancies_batch(log_probs, enc_lens, ys, batch["ys_lens"], blank=model.blank)
+    probs = probs.cpu()
+    return [probs[b, :n] for b, n in enumerate(enc_lens.tolist())]
 
 
 def merge_dump(out_dir, nj):
@@ -165,7 +191,7 @@ def merge_dump(out_dir, nj):
     meta = json.loads((out / "soft_labels.json").read_text())
     secs = max(total["seconds"], 1e-9)
     info = {**total, "bytes_per_frame": round(bytes_per_frame(out), 3),
-            "dense_bytes_per_frame": 4 * meta["vocab_size"],
+            "dense_bytes_per_frame": 4 * row_width(meta),
             "frames_per_second": round(total["frames"] / secs, 1),
             "input_frames_per_second": round(total["input_frames"] / secs, 1),
             "seconds": round(total["seconds"], 3), "nj": nj,

@@ -9,21 +9,27 @@ A soft-label dump dir (stage 4 output, stage 5 input) holds::
 
 ``soft_labels.json``:
 
-    type            "frame_posteriors" (the teacher's CTC posteriors) | "fb_posteriors" (CTC
-                    forward-backward occupancies given the transcript, see kdtool.kd.forward_backward)
+    type            frame level, one row per teacher encoder frame:
+                      "frame_posteriors" (the teacher's CTC posteriors) | "fb_posteriors" (CTC
+                      forward-backward occupancies given the transcript, kdtool.kd.forward_backward)
+                    token level, one row per transcript position (its tokens, then <eos>):
+                      "token_posteriors" (an AR teacher's decoder distribution under teacher forcing)
+                    lattice level, one row per node (t, u) of a transducer's output lattice, row
+                    t * (U + 1) + u, always dense with 3 columns (blank, next label, all others):
+                      "rnnt_lattice" (kdtool.kd.rnnt)
     topk            int K, or null for dense storage
     vocab_size      V: the length of tokens.txt (every CTC head has V outputs)
-    temperature     the temperature the teacher posteriors were computed at (1.0: none)
+    temperature     the temperature the teacher's distributions were computed at (1.0: none)
     tokens_sha256   sha256 of the teacher's tokens.txt bytes; a student must use the same list
     teacher         path of the teacher's exp dir
     subsampling     teacher encoder frames per input (10 ms) frame, e.g. 4
     frame_shift_ms  input frame shift (10)
     format_version  1
 
-Per utterance one float32 matrix:
+Per utterance one float32 matrix of N rows (frames, positions or lattice nodes):
 
-    dense  [T, V]   probabilities, rows sum to 1
-    top-k  [T, 2K]  columns 0..K-1: token ids (float32 is exact for ids < 2^24);
+    dense  [N, V]   probabilities, rows sum to 1 (rnnt_lattice: [N, 3])
+    top-k  [N, 2K]  columns 0..K-1: token ids (float32 is exact for ids < 2^24);
                     columns K..2K-1: their probabilities, renormalized to sum to 1 over the K kept
 
 A job writes its ark and scp under temporary names and renames them when complete (ark first,
@@ -43,7 +49,9 @@ from kdtool.data.datadir import c_sorted, read_table, write_table
 from kdtool.utils.atomic import atomic_open
 
 FORMAT_VERSION = 1
-TYPES = ("frame_posteriors", "fb_posteriors")
+FRAME_TYPES = ("frame_posteriors", "fb_posteriors")
+TYPES = (*FRAME_TYPES, "token_posteriors", "rnnt_lattice")
+LATTICE_COLUMNS = 3  # blank, next label, all other labels
 META_KEYS = ("type", "topk", "vocab_size", "temperature", "tokens_sha256", "teacher", "subsampling",
              "frame_shift_ms")
 MAX_ID = 2 ** 24  # float32 holds every integer below this exactly
@@ -81,7 +89,14 @@ def check_meta(meta):
         raise SoftLabelError(f"vocab_size {meta['vocab_size']} is outside 2..{MAX_ID - 1}")
     if meta["topk"] is not None and not 1 <= meta["topk"] <= meta["vocab_size"]:
         raise SoftLabelError(f"topk {meta['topk']} is outside 1..vocab_size ({meta['vocab_size']})")
+    if meta["type"] == "rnnt_lattice" and meta["topk"] is not None:
+        raise SoftLabelError("rnnt_lattice soft labels are stored dense (3 columns); topk must be null")
     return {**meta, "format_version": FORMAT_VERSION}
+
+
+def row_width(meta):
+    """The distribution each row holds: V tokens, or 3 lattice events."""
+    return LATTICE_COLUMNS if meta["type"] == "rnnt_lattice" else meta["vocab_size"]
 
 
 def job_paths(out_dir, job):
@@ -115,7 +130,7 @@ class SoftLabelWriter:
 
     def write(self, utt, probs):
         probs = torch.as_tensor(probs).detach().float().cpu()
-        V = self.meta["vocab_size"]
+        V = row_width(self.meta)
         if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] != V:
             raise SoftLabelError(f"utterance {utt}: soft labels must be [T >= 1, V={V}], got {list(probs.shape)}")
         sums = probs.sum(-1)
@@ -186,6 +201,8 @@ class SoftLabelReader:
                                  "teacher and student must share tokens.txt")
         self.scp = read_table(scp)
         self.vocab_size, self.topk = self.meta["vocab_size"], self.meta["topk"]
+        self.width = row_width(self.meta)  # entries of each row's distribution
+        self.type = self.meta["type"]
 
     def __contains__(self, utt):
         return utt in self.scp
@@ -205,7 +222,7 @@ class SoftLabelReader:
         except Exception as e:  # kaldiio raises ValueError, RuntimeError, AssertionError, OSError...
             raise SoftLabelError(f"{ark}: utterance {utt}: unreadable, truncated or corrupt ark "
                                  f"({type(e).__name__}: {e}); rerun stage 4") from None
-        cols = self.vocab_size if self.topk is None else 2 * self.topk
+        cols = self.width if self.topk is None else 2 * self.topk
         if mat.ndim != 2 or mat.shape[1] != cols or mat.shape[0] == 0:
             raise SoftLabelError(f"{ark}: utterance {utt}: matrix of shape {mat.shape}, expected [T, {cols}]")
         return torch.from_numpy(np.array(mat, dtype=np.float32))  # a writable copy
@@ -213,7 +230,7 @@ class SoftLabelReader:
     def sparse(self, utt):
         mat = self._load(utt)
         if self.topk is None:
-            return to_topk(mat, self.vocab_size)
+            return to_topk(mat, self.width)
         return mat[:, :self.topk].long(), mat[:, self.topk:]
 
     def dense(self, utt):
@@ -221,7 +238,7 @@ class SoftLabelReader:
         if self.topk is None:
             return mat
         ids, probs = mat[:, :self.topk].long(), mat[:, self.topk:]
-        return torch.zeros(mat.shape[0], self.vocab_size).scatter_(1, ids, probs)
+        return torch.zeros(mat.shape[0], self.width).scatter_(1, ids, probs)
 
     def num_frames(self, utt):
         return self._load(utt).shape[0]

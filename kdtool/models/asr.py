@@ -9,7 +9,6 @@ import torch
 import torchaudio
 from espnet.nets.pytorch_backend.maskctc.add_mask_token import mask_uniform
 from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
-from espnet.nets.pytorch_backend.transformer.label_smoothing_loss import LabelSmoothingLoss
 from espnet2.asr.ctc import CTC
 from espnet2.asr.decoder.mlm_decoder import MLMDecoder
 from espnet2.asr.decoder.transducer_decoder import TransducerDecoder
@@ -51,7 +50,9 @@ class ASRModel(torch.nn.Module):
             _exact_padding(self.encoder)
 
     def forward(self, feats, feats_lens, ys, ys_lens):
-        """Supervised training loss: ``(loss, stats)``."""
+        """Supervised training loss: ``(loss, stats)``. Each kind's ``supervised_loss(enc, enc_lens,
+        ys, ys_lens, weights=None)`` takes optional per-utterance weights [B] (sequence-level
+        distillation weighs the teacher's N-best hypotheses by their scores)."""
         enc, enc_lens = self.encode(feats, feats_lens)
         return self.supervised_loss(enc, enc_lens, ys, ys_lens)
 
@@ -71,11 +72,11 @@ class CTCModel(ASRModel):
 
     def __init__(self, vocab_size, input_size, encoder, encoder_conf, specaug_conf=None):
         super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
-        self.ctc = CTC(vocab_size, self.encoder.output_size())
+        self.ctc = CTC(vocab_size, self.encoder.output_size(), reduce=False)  # per utterance, / B
 
-    def supervised_loss(self, enc, enc_lens, ys, ys_lens):
+    def supervised_loss(self, enc, enc_lens, ys, ys_lens, weights=None):
         """The loss of encoder outputs against transcripts (distillation adds its terms beside it)."""
-        loss = self.ctc(enc, enc_lens, ys, ys_lens)
+        loss = _weighted_sum(self.ctc(enc, enc_lens, ys, ys_lens), weights)
         return loss, {"loss": loss.detach(), "loss_ctc": loss.detach()}
 
 
@@ -90,12 +91,12 @@ class HybridModel(CTCModel):
         super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
         self.ctc_weight = ctc_weight
         self.decoder = self.build_decoder(vocab_size, decoder_conf)
-        self.criterion = LabelSmoothingLoss(vocab_size, IGNORE_ID, lsm_weight, normalize_length=False)
+        self.lsm_weight = lsm_weight
 
-    def supervised_loss(self, enc, enc_lens, ys, ys_lens):
-        loss_ctc = self.ctc(enc, enc_lens, ys, ys_lens)
+    def supervised_loss(self, enc, enc_lens, ys, ys_lens, weights=None):
+        loss_ctc = _weighted_sum(self.ctc(enc, enc_lens, ys, ys_lens), weights)
         logits, ys_out = self.decoder_logits(enc, enc_lens, ys, ys_lens)
-        loss_dec = self.criterion(logits, ys_out)
+        loss_dec = _weighted_sum(label_smoothing_loss(logits, ys_out, self.lsm_weight), weights)
         loss = self.ctc_weight * loss_ctc + (1 - self.ctc_weight) * loss_dec
         return loss, {"loss": loss.detach(), "loss_ctc": loss_ctc.detach(), self.decoder_loss: loss_dec.detach(),
                       "acc": _accuracy(logits, ys_out)}
@@ -147,7 +148,7 @@ class TransducerModel(ASRModel):
         self.decoder = TransducerDecoder(vocab_size, embed_pad=self.blank, **decoder_conf)
         self.joint_network = JointNetwork(vocab_size, self.encoder.output_size(), self.decoder.dunits,
                                           **joint_net_conf)
-        self.ctc = CTC(vocab_size, self.encoder.output_size()) if ctc_weight > 0 else None
+        self.ctc = CTC(vocab_size, self.encoder.output_size(), reduce=False) if ctc_weight > 0 else None
 
     def joint_logits(self, enc, ys):
         """Logits over the whole output lattice: [B, T', U+1, V]; the prediction network starts from blank."""
@@ -156,15 +157,16 @@ class TransducerModel(ASRModel):
         dec = self.decoder(torch.nn.functional.pad(labels, (1, 0), value=self.blank))
         return self.joint_network(enc.unsqueeze(2), dec.unsqueeze(1))
 
-    def supervised_loss(self, enc, enc_lens, ys, ys_lens):
+    def supervised_loss(self, enc, enc_lens, ys, ys_lens, weights=None):
         logits = self.joint_logits(enc, ys)
         targets = torch.where(ys == IGNORE_ID, self.blank, ys).int()
-        loss_rnnt = torchaudio.functional.rnnt_loss(logits, targets, enc_lens.int(), ys_lens.int(),
-                                                    blank=self.blank, reduction="sum") / enc.size(0)
+        per_utt = torchaudio.functional.rnnt_loss(logits, targets, enc_lens.int(), ys_lens.int(),
+                                                  blank=self.blank, reduction="none") / enc.size(0)
+        loss_rnnt = _weighted_sum(per_utt, weights)
         stats = {"loss_rnnt": loss_rnnt.detach()}
         loss = loss_rnnt
         if self.ctc is not None:
-            loss_ctc = self.ctc(enc, enc_lens, ys, ys_lens)
+            loss_ctc = _weighted_sum(self.ctc(enc, enc_lens, ys, ys_lens), weights)
             loss = (1 - self.ctc_weight) * loss_rnnt + self.ctc_weight * loss_ctc
             stats["loss_ctc"] = loss_ctc.detach()
         stats["loss"] = loss.detach()
@@ -218,6 +220,23 @@ def subsampled_length(model, n_frames):
 def subsampling_factor(model, n=100000):
     """Input frames per encoder frame (4 for conv2d, 6 for conv2d6, 8 for conv2d8, 1 without subsampling)."""
     return max(1, round(n / subsampled_length(model, n)))
+
+
+def _weighted_sum(per_utt, weights=None):
+    """Per-utterance losses (already divided by the batch size) -> their (weighted) sum."""
+    return per_utt.sum() if weights is None else (per_utt * weights.to(per_utt)).sum()
+
+
+def label_smoothing_loss(logits, targets, smoothing):
+    """ESPnet's LabelSmoothingLoss (normalize_length=False) per utterance: KL from the smoothed
+    one-hot target to softmax(logits), summed over the utterance's tokens, divided by the batch
+    size. ``targets`` [B, L] is IGNORE_ID where a position does not count. -> [B]."""
+    ignore = targets == IGNORE_ID
+    log_q = torch.log_softmax(logits, dim=-1)
+    true = torch.full_like(log_q, smoothing / (logits.size(-1) - 1))
+    true.scatter_(-1, targets.masked_fill(ignore, 0).unsqueeze(-1), 1 - smoothing)
+    kl = (torch.special.xlogy(true, true) - true * log_q).sum(-1)
+    return kl.masked_fill(ignore, 0).sum(-1) / logits.size(0)
 
 
 def _accuracy(logits, targets):

@@ -30,11 +30,22 @@ bpe_model_type=unigram  # unigram or bpe
 # Stage 3: teachers
 teacher_configs=""      # training configs, space separated; each trains exp/<config name without train_>
 ngpu=0                  # GPUs per training job (0: CPU)
-# Stage 4: soft labels
+# Stage 4: the teacher's knowledge, dumped once for any number of students
 kd_teacher=""           # exp dir whose knowledge is dumped (default: the first teacher config's)
-soft_label_types="frame_posteriors"  # frame_posteriors (any set) and/or fb_posteriors (transcribed sets)
-soft_label_topk=8       # tokens kept per frame (0: dense)
+soft_label_types="frame_posteriors"  # any of: frame_posteriors (training set + untrans_set), and for the
+                        # training set fb_posteriors, token_posteriors (AR teacher), rnnt_lattice (transducer);
+                        # a ":dense" suffix also keeps every token (dir <type>_dense_<set>)
+soft_label_topk=8       # tokens kept per frame or position
 soft_label_temperature=1.0
+nbest=0                 # N-best lists of an AR teacher for sequence-level KD (0: none), training set + untrans_set
+nbest_beam=10
+soft_label_dir=""       # stage 4 writes <soft_label_dir>/<type>_<set> (default: ${kd_teacher}/soft_labels)
+# Stage 5: students; each config's kd_conf names the KD terms and the dumps it learns from
+student_configs=""      # student configs (model + training + kd_conf), space separated
+chains=""               # progressive distillation: chains of student configs, comma-separated within a
+                        # chain ("a.yaml,b.yaml c.yaml": a then b distilled from a, and c alone)
+chain_teacher=""        # exp dir that starts every chain (e.g. exp/transducer_teacher)
+chain_soft_label_types="rnnt_lattice"  # what each link's teacher dumps for its student
 # Stage 6-7: decoding and scoring
 decode_sets=""          # sets to decode (default: valid_set and test_sets)
 models=""               # exp dirs to decode (default: every trained model under expdir)
@@ -108,25 +119,72 @@ if [ -z "${kd_teacher}" ] && [ -n "${teacher_configs}" ]; then
   kd_teacher=${expdir}/$(basename "${first}" .yaml | sed 's/^train_//')
 fi
 
-if in_stages 4; then
-  for type in ${soft_label_types}; do
+[ -n "${soft_label_dir}" ] || soft_label_dir=${kd_teacher}/soft_labels
+
+# dump_knowledge TEACHER OUT_ROOT TYPES: stage 4's dumps of TEACHER into OUT_ROOT/<type>[_dense]_<set>
+dump_knowledge() {
+  local teacher=$1 root=$2 entry type topk name sets x out opts
+  for entry in $3; do
+    type=${entry%:dense}; topk=${soft_label_topk}; name=${type}
+    [ "${entry}" != "${type}" ] && { topk=0; name=${type}_dense; }
+    [ "${type}" = rnnt_lattice ] && topk=0  # 3 numbers per lattice node: always dense
     sets="${train_sp}"; [ "${type}" = frame_posteriors ] && sets="${sets} ${untrans_set}"
     for x in ${sets}; do
-      out=${kd_teacher}/soft_labels/${type}_${x}
-      log "Stage 4: ${type} of ${kd_teacher} on ${x} -> ${out}"
-      ${decode_cmd} JOB=1:"${nj}" "${out}/log/dump.JOB.log" \
-        python -m kdtool.bin.dump_soft_labels --teacher "${kd_teacher}" --data "${dumpdir}/fbank/${x}" \
-          --out_dir "${out}" --type "${type}" --topk "${soft_label_topk}" \
-          --temperature "${soft_label_temperature}" --nj "${nj}" --job JOB
-      python -m kdtool.bin.dump_soft_labels --teacher "${kd_teacher}" --data "${dumpdir}/fbank/${x}" \
-        --out_dir "${out}" --type "${type}" --topk "${soft_label_topk}" --nj "${nj}" --merge
+      out=${root}/${name}_${x}
+      log "Stage 4: ${type} of ${teacher} on ${x} -> ${out}"
+      opts="--teacher ${teacher} --data ${dumpdir}/fbank/${x} --out_dir ${out} --type ${type} --nj ${nj}"
+      # shellcheck disable=SC2086
+      ${decode_cmd} JOB=1:"${nj}" "${out}/log/dump.JOB.log" python -m kdtool.bin.dump_soft_labels ${opts} \
+        --topk "${topk}" --temperature "${soft_label_temperature}" --job JOB
+      # shellcheck disable=SC2086
+      python -m kdtool.bin.dump_soft_labels ${opts} --merge
     done
   done
+}
+
+# distill CONFIG TEACHER SOFT_LABEL_DIR: stage 5 for one student, into exp/<config name without train_>
+distill() {
+  local exp; exp=${expdir}/$(basename "$1" .yaml | sed 's/^train_//')
+  log "Stage 5: distilling ${exp} ($1) from $2; log: ${exp}/train.log"
+  ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
+    python -m kdtool.bin.distill --config "$1" --train_data "${dumpdir}/fbank/${train_sp}" \
+      ${untrans_set:+--untrans_data "${dumpdir}/fbank/${untrans_set}"} --valid_data "${dumpdir}/fbank/${valid_set}" \
+      --teacher_dir "$2" --soft_label_dir "$3" --token_list "${token_dir}" \
+      --cmvn "${dumpdir}/fbank/${train_sp}/cmvn.ark" --exp_dir "${exp}" \
+      --accelerator "$([ "${ngpu}" -gt 0 ] && echo gpu || echo cpu)" --devices "$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo 1)"
+  last_student=${exp}
+}
+
+if in_stages 4; then
+  dump_knowledge "${kd_teacher}" "${soft_label_dir}" "${soft_label_types}"
+  if [ "${nbest}" -gt 0 ]; then
+    for x in ${train_sp} ${untrans_set}; do
+      out=${soft_label_dir}/nbest_${x}
+      log "Stage 4: ${nbest}-best lists of ${kd_teacher} on ${x} -> ${out}"
+      ${decode_cmd} JOB=1:"${nj}" "${out}/log/nbest.JOB.log" python -m kdtool.bin.dump_nbest --teacher "${kd_teacher}" \
+        --data "${dumpdir}/fbank/${x}" --out_dir "${out}" --nbest "${nbest}" --beam_size "${nbest_beam}" --nj "${nj}" --job JOB
+      python -m kdtool.bin.dump_nbest --teacher "${kd_teacher}" --data "${dumpdir}/fbank/${x}" --out_dir "${out}" \
+        --nj "${nj}" --merge
+    done
+  fi
   stage_done 4
 fi
 
 if in_stages 5; then
-  log "Stage 5 (student distillation) is not in kdtool yet; skipping"
+  for config in ${student_configs}; do
+    distill "${config}" "${kd_teacher}" "${soft_label_dir}"
+  done
+  # Progressive chains: each student is the next one's teacher; its knowledge is dumped on the way
+  for chain in ${chains}; do
+    teacher=${chain_teacher}
+    for config in ${chain//,/ }; do
+      [ -f "${teacher}/soft_labels/chain.done" ] || {
+        dump_knowledge "${teacher}" "${teacher}/soft_labels" "${chain_soft_label_types}"; touch "${teacher}/soft_labels/chain.done"; }
+      distill "${config}" "${teacher}" "${teacher}/soft_labels"
+      teacher=${last_student}
+    done
+  done
+  stage_done 5
 fi
 
 # Every trained model (a dir with model.pth) is decoded with each conf/decode_<kind>_*.yaml that fits its kind.

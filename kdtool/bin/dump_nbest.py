@@ -1,0 +1,53 @@
+"""Stage 4: an AR teacher's N-best lists (for sequence-level distillation), in parallel jobs.
+
+    # one job of N (run N of these through cmd.sh's runner), then merge:
+    python -m kdtool.bin.dump_nbest --teacher exp/ar_teacher --data dump/fbank/train \
+        --out_dir exp/ar_teacher/soft_labels/nbest_train --nbest 5 --beam_size 10 --nj 4 --job 2
+    python -m kdtool.bin.dump_nbest --teacher exp/ar_teacher --data dump/fbank/train \
+        --out_dir exp/ar_teacher/soft_labels/nbest_train --nj 4 --merge
+
+Joint CTC/attention beam search (as stage 6's ar_beam); the format is documented in
+kdtool/kd/nbest.py. Untranscribed sets work too: the lists need no transcript.
+"""
+import argparse
+
+from kdtool.bin._common import run_main
+from kdtool.kd.nbest import dump_nbest_job, merge_nbest
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="trained AR exp dir")
+    p.add_argument("--data", required=True, help="feature dir from stage 2")
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("--nbest", type=int, default=5, help="hypotheses kept per utterance")
+    p.add_argument("--beam_size", type=int, default=10)
+    p.add_argument("--ctc_weight", type=float, default=0.3, help="weight of the CTC prefix score in the search")
+    p.add_argument("--nj", type=int, default=1)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--job", type=int, help="which job (1-based) to compute")
+    g.add_argument("--merge", action="store_true", help="join the finished jobs' lists into nbest.jsonl")
+    p.add_argument("--batch_size", type=int, default=8, help="utterances per encoder batch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (parallelism comes from the jobs)")
+    return p
+
+
+def main():
+    parser = get_parser()
+    args = parser.parse_args()
+    if args.nj < 1 or args.batch_size < 1 or args.num_threads < 1:
+        parser.error("--nj, --batch_size and --num_threads must be 1 or more")
+    if args.job is None and not args.merge and args.nj > 1:
+        parser.error(f"--nj {args.nj} needs --job (one of the jobs) or --merge")
+    if not args.merge:
+        import torch
+        torch.set_num_threads(args.num_threads)
+        dump_nbest_job(args.teacher, args.data, args.out_dir, args.nbest, args.beam_size, args.ctc_weight,
+                       args.job or 1, args.nj, args.batch_size, args.device)
+    if args.merge or args.nj == 1:
+        print(f"{args.out_dir}: N-best lists of {merge_nbest(args.out_dir, args.nj)} utterances")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,152 @@
+"""Decoding speed of trained models on one CPU thread: every search against the encoder alone.
+
+Each model decodes the same utterances with every method of ``BENCHMARK`` that its kind allows
+(the method's own model check decides), through the runner's loop (``decode_dataset``: the same
+batching and timing as stage 6), after one untimed warm-up batch; a method's time is the fastest
+of ``repeats`` runs. The ``encoder`` row runs that loop with a search that finds nothing: the floor
+every search adds to, so ``x_encoder`` (a method's RTF over the encoder's) says what the search
+itself costs. One row per (model, method):
+
+    model_dir, kind, params, method, config, n_utts, audio_seconds, decode_seconds, rtf, x_encoder, wer
+
+WER (%) is scored against the data dir's ``text`` (None without one, and for the encoder row).
+"""
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from kdtool.bin.score import audio_seconds
+from kdtool.data.datadir import DataDir
+from kdtool.decode.runner import METHODS, build_search, decode_dataset, resolve_decode_config, search_batch
+from kdtool.models.asr import subsampled_length
+from kdtool.models.load import load_trained
+from kdtool.scoring.results import environment
+from kdtool.scoring.wer import score
+from kdtool.train.dataset import SpeechDataset, collate
+from kdtool.utils.atomic import atomic_open
+
+ENCODER = "encoder"
+# (method, options over its defaults); a model gets those its kind allows
+BENCHMARK = [
+    ("ctc_greedy", {}),
+    ("maskctc_greedy", {}),
+    ("maskctc_beam", {"beam_size": 1}),
+    ("maskctc_beam", {"beam_size": 5}),
+    ("maskctc_beam", {"beam_size": 10}),
+    ("ar_beam", {"beam_size": 10}),
+    ("transducer_beam", {}),
+]
+
+
+def _no_search(enc, enc_lens):
+    """The encoder floor: a search that finds nothing."""
+    return [[] for _ in range(len(enc_lens))]
+
+
+def _timed_decode(model, tokenizer, ds, search, batch_size, repeats):
+    """({utt: text}, seconds): the fastest of ``repeats`` runs (the least disturbed by the rest of the
+    machine), after the first batch once untimed, so that no method pays for warming up the process
+    (first calls of each operator with these shapes, memory allocation)."""
+    longest = sorted((u for u in ds.utts if subsampled_length(model, ds.num_frames[u]) >= 1),
+                     key=lambda u: -ds.num_frames[u])  # the runner's first batch
+    if longest:
+        with torch.no_grad():
+            search_batch(model, search, collate([ds[u] for u in longest[:batch_size]]))
+    best = float("inf")
+    for _ in range(repeats):
+        hyps, seconds = decode_dataset(model, tokenizer, ds, search, batch_size)
+        best = min(best, sum(seconds.values()))
+    return hyps, best
+
+
+def _methods(model, batch_size):
+    """(name, config, search, batch_size) for every benchmarked method this model allows."""
+    out, skipped = [], set()
+    for method, overrides in BENCHMARK:
+        if "batch_size" in METHODS[method].defaults:
+            overrides = {**overrides, "batch_size": batch_size}
+        method, options = resolve_decode_config({"method": method, **overrides}, source="benchmark")
+        try:
+            search, size = build_search(model, method, options)
+        except ValueError as e:  # this kind cannot be decoded so
+            if method not in skipped:
+                logging.info("%s skipped: %s", method, e)
+                skipped.add(method)
+            continue
+        out.append((METHODS[method].name(options), {"method": method, **options}, search, size))
+    return out
+
+
+def benchmark_model(model_dir, data_dir, batch_size=16, max_utts=None, repeats=1):
+    """Rows (dicts) for one model: the encoder floor, then each method its kind allows."""
+    trained = load_trained(model_dir)
+    model, tokenizer = trained.model, trained.tokenizer
+    ds = SpeechDataset(data_dir, tokenizer, cmvn_path=Path(model_dir) / "cmvn.ark", require_text=False)
+    ds.utts = ds.utts[:max_utts]  # sorted ids: the same utterances for every model
+    if not ds.utts:
+        raise ValueError(f"{data_dir}: no utterances to decode")
+    data, utts = DataDir(data_dir), set(ds.utts)
+    ref = {u: t for u, t in data.read("text").items() if u in utts} if data.has("text") else None
+    audio = sum(audio_seconds(ds.num_frames[u]) for u in ds.utts)
+
+    rows = []
+    searches = [(ENCODER, {"batch_size": batch_size}, _no_search, batch_size)] + _methods(model, batch_size)
+    for name, config, search, size in searches:
+        hyps, seconds = _timed_decode(model, tokenizer, ds, search, size, repeats)
+        wer = score(ref, hyps).summary()["wer"] if ref is not None and name != ENCODER else None
+        rows.append({**trained.info, "method": name, "config": config, "n_utts": len(ds.utts),
+                     "audio_seconds": audio, "decode_seconds": seconds, "rtf": seconds / audio, "wer": wer})
+        logging.info("%s %s: RTF %.4f%s", model_dir, name, seconds / audio,
+                     "" if wer is None else f", WER {wer:.2f}%")
+    floor = rows[0]["rtf"]
+    for row in rows:
+        row["x_encoder"] = row["rtf"] / floor if floor > 0 else None
+    return rows
+
+
+def run_benchmark(model_dirs, data_dir, out_dir, batch_size=16, max_utts=None, repeats=1, command=None):
+    """Benchmark every model on one CPU thread; write benchmark.json and benchmark.md; return the rows."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the RTF of one core, as stage 6 measures it
+    try:
+        rows = [row for model_dir in model_dirs
+                for row in benchmark_model(model_dir, data_dir, batch_size, max_utts, repeats)]
+    finally:
+        torch.set_num_threads(previous_threads)
+    out = Path(out_dir)
+    setup = {"data_dir": str(data_dir), "batch_size": batch_size, "max_utts": max_utts, "repeats": repeats,
+             "num_threads": 1, "command": command, "environment": dict(environment())}
+    with atomic_open(out / "benchmark.json", "w", encoding="utf-8") as f:
+        json.dump({**setup, "rows": rows}, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    with atomic_open(out / "benchmark.md", "w", encoding="utf-8") as f:
+        f.write(markdown(rows, setup))
+    return rows
+
+
+COLUMNS = ("model", "kind", "params (M)", "method", "RTF", "x encoder", "WER")
+
+
+def markdown(rows, setup):
+    """The rows as a Markdown table, under the set-up they were measured with."""
+    first = rows[0]
+    lines = ["# Decoding speed", "",
+             f"{first['n_utts']} utterances ({first['audio_seconds']:.1f} s of audio) of `{setup['data_dir']}`, "
+             f"one CPU thread, batch_size {setup['batch_size']}, the fastest of {setup['repeats']} run(s). "
+             "RTF = decoding seconds / audio seconds (encoder and search, not reading features); "
+             "x encoder = RTF / the encoder-alone RTF of the same model; WER in %.", ""]
+    lines += [f"- {name}: `{value}`" for name, value in setup["environment"].items()]
+    if setup["command"]:
+        lines += [f"- command: `{setup['command']}`"]
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = (Path(r["model_dir"]).name, r["kind"], f"{r['params'] / 1e6:.2f}", r["method"], f"{r['rtf']:.4f}",
+                 _fmt(r["x_encoder"]), _fmt(r["wer"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.2f}"
