@@ -82,9 +82,16 @@ def test_teachers_are_trained_decoded_and_scored(mini_en):
         info = json.loads((exp / student / "model_info.json").read_text())
         assert info["kind"] == "ctc" and info["alpha"] == alpha and info["teacher"] == "exp_fast/ar_teacher"
         saved = (exp / student / "config.yaml").read_text()
-        assert "ar_teacher/soft_labels/fb_posteriors_train" in saved
+        assert ("ar_teacher/soft_labels/fb_posteriors_train" in saved) == (alpha > 0)  # the dump it learnt from
         score = json.loads((exp / student / "decode_ctc_greedy_test" / "score.json").read_text())
         assert score["n_utts"] == 30 and score["params"] == info["params"]
+    # a Mask-CTC student learning from frame, token and sequence level at once; decoded greedy and beam
+    info = json.loads((exp / "nar_student_kd" / "model_info.json").read_text())
+    assert info["kind"] == "nar" and info["kd_terms"] == ["frame", "token", "seq"]
+    lines = (labels / "nbest_untrans" / "nbest.jsonl").read_text().splitlines()
+    assert len(lines) == 60 and all(len(json.loads(ln)["hyps"]) <= 2 for ln in lines)
+    for name in ("nar_maskctc_greedy", "nar_maskctc_beam5"):
+        assert json.loads((exp / "nar_student_kd" / f"decode_{name}_test" / "score.json").read_text())["n_utts"] == 30
     # progressive distillation: each stage's teacher is the previous stage's student
     for student, teacher in (("transducer_student_stage1", "transducer_teacher"),
                              ("transducer_student_stage2", "transducer_student_stage1")):

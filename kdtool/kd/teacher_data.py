@@ -1,0 +1,151 @@
+"""What a student reads about each training utterance from stage 4's dumps: frame or token
+posteriors, collapsed lattices (``SoftLabelSet``), N-best lists (kdtool.kd.nbest.NBestSet), put
+on the student's frames and batched by ``DistillDataset``."""
+import logging
+import math
+
+import torch
+
+from kdtool.kd.losses import pool_to_length
+from kdtool.kd.rnnt import from_matrix
+from kdtool.kd.softlabels import SoftLabelError, SoftLabelReader, to_topk
+from kdtool.models.asr import subsampled_length, subsampling_factor
+from kdtool.train.dataset import collate
+
+
+class SoftLabelSet:
+    """Stage-4 dumps of one term read as one (e.g. forward-backward posteriors of the training set
+    and frame posteriors of the untranscribed pool). Checked when opened: every dump was made with
+    the student's token list, and (except forward-backward posteriors) at the KD temperature."""
+
+    def __init__(self, dump_dirs, tokens_path, temperature):
+        self.readers = [SoftLabelReader(d, tokens_path=tokens_path) for d in dump_dirs]
+        self._where = {}
+        for r in self.readers:
+            if r.type != "fb_posteriors" and not math.isclose(r.meta["temperature"], temperature):
+                raise SoftLabelError(f"{r.dir}: {r.type} dumped at temperature {r.meta['temperature']}, "
+                                     f"but kd_conf.temperature is {temperature}; redump at T={temperature} "
+                                     "(stage 4, soft_label_temperature) or change kd_conf.temperature")
+            for utt in r.scp:
+                if utt in self._where:
+                    raise SoftLabelError(f"utterance {utt} has soft labels in two dumps: "
+                                         f"{self._where[utt].dir} and {r.dir}")
+                self._where[utt] = r
+
+    def __contains__(self, utt):
+        return utt in self._where
+
+    def dirs(self):
+        return ", ".join(str(r.dir) for r in self.readers)
+
+    def frames(self, utt, student_frames, student_subsampling):
+        """Frame posteriors (ids [T_s, K], probs [T_s, K]) on the student's ``student_frames`` frames."""
+        r = self._where[utt]
+        ids, probs = r.sparse(utt)
+        if ids.shape[0] == student_frames:
+            return ids, probs
+        if r.meta["subsampling"] == student_subsampling:
+            raise SoftLabelError(f"{r.dir}: utterance {utt}: {ids.shape[0]} frames of soft labels, but the student "
+                                 f"gives {student_frames} with the same subsampling ({student_subsampling}x); "
+                                 "were the features recomputed after stage 4? Rerun stage 4")
+        dense = torch.zeros(ids.shape[0], r.width).scatter_(1, ids, probs)
+        pooled = pool_to_length(dense, student_frames)
+        ratio = ids.shape[0] / student_frames  # teacher frames per student frame: the support can grow that much
+        k = min(r.width, ids.shape[1] * (math.ceil(ratio) + 1))
+        return to_topk(pooled, k)
+
+    def tokens(self, utt, n_tokens):
+        """Token posteriors (ids [L+1, K], probs [L+1, K]) for a transcript of ``n_tokens`` tokens."""
+        r = self._where[utt]
+        ids, probs = r.sparse(utt)
+        if ids.shape[0] != n_tokens + 1:
+            raise SoftLabelError(f"{r.dir}: utterance {utt}: {ids.shape[0]} rows of token posteriors, but its "
+                                 f"transcript has {n_tokens} tokens (+ <eos>); was the text changed after stage 4?")
+        return ids, probs
+
+    def lattice(self, utt, n_tokens, student_frames):
+        """Collapsed lattice probabilities [T_s, U+1, 3]."""
+        r = self._where[utt]
+        try:
+            return from_matrix(r.dense(utt), n_tokens, num_frames=student_frames)
+        except ValueError as e:
+            raise SoftLabelError(f"{r.dir}: utterance {utt}: {e}") from None
+
+
+class DistillDataset(torch.utils.data.Dataset):
+    """A SpeechDataset whose items also carry what the teacher says about them, for each active
+    term: ``frame_ids``/``frame_probs`` (on the student's frames), ``token_ids``/``token_probs``,
+    ``nbest`` [(ids, score)], ``lattice`` [T_s, U+1, 3]; a key is absent where there is nothing."""
+
+    def __init__(self, base, student, sources, missing="error"):
+        self.base, self.sources = base, sources
+        self.subsampling = subsampling_factor(student)
+        self._student_frames = lambda n: subsampled_length(student, n)
+        self.missing = {}
+        untranscribed = [u for u in base.utts if u not in base._ys]
+        for term, source in sources.items():
+            needs = base.utts if term in ("frame", "seq") else [u for u in base.utts if u in base._ys]
+            lacking = [u for u in needs if u not in source]
+            self.missing[term] = len(lacking)
+            if not lacking:
+                continue
+            where = source.dirs() if hasattr(source, "dirs") else str(source.dir)
+            if missing == "error":
+                raise SoftLabelError(f"{len(lacking)} of {len(needs)} training utterances have no {term}-level "
+                                     f"teacher data in {where} (first: {lacking[0]} from {base._dir[lacking[0]]}); "
+                                     "dump them in stage 4, or set kd_conf.missing: skip to train those without "
+                                     "that term")
+            logging.warning("%d training utterances have no %s-level teacher data in %s: trained without that term",
+                            len(lacking), term, where)
+        # an untranscribed utterance with no teacher data at all has nothing to teach
+        useless = {u for u in untranscribed if not any(u in s for s in sources.values())}
+        if useless:
+            logging.warning("%d untranscribed utterances have no teacher data: left out", len(useless))
+        self.utts = [u for u in base.utts if u not in useless]
+        self.num_frames = {u: base.num_frames[u] for u in self.utts}
+
+    def __len__(self):
+        return len(self.utts)
+
+    def __getitem__(self, utt):
+        item = self.base[utt]
+        frames = self._student_frames(self.base.num_frames[utt])
+        n_tokens = len(item["ys"])
+        for term, source in self.sources.items():
+            if utt not in source or (term in ("token", "lattice") and not item["transcribed"]):
+                continue
+            if term == "frame":
+                item["frame_ids"], item["frame_probs"] = source.frames(utt, frames, self.subsampling)
+            elif term == "token":
+                item["token_ids"], item["token_probs"] = source.tokens(utt, n_tokens)
+            elif term == "seq":
+                item["nbest"] = source[utt]
+            else:
+                item["lattice"] = source.lattice(utt, n_tokens, frames)
+        return item
+
+    @staticmethod
+    def collate(items):
+        """``collate`` plus, per term present, padded teacher data: ``<term>_ids``/``<term>_probs``
+        [B, N, K] (zero probability adds nothing to a KL) and ``has_<term>`` [B]; ``nbest`` (a list
+        per utterance, empty where none); ``lattice`` (a list, None where none)."""
+        items = sorted(items, key=lambda b: -b["feats"].shape[0])  # the order collate gives
+        batch = collate(items)
+        for term in ("frame", "token"):
+            present = [b for b in items if f"{term}_ids" in b]
+            if not present:
+                continue
+            N = max(b[f"{term}_ids"].shape[0] for b in present)
+            K = max(b[f"{term}_ids"].shape[1] for b in present)
+            ids, probs = torch.zeros(len(items), N, K, dtype=torch.long), torch.zeros(len(items), N, K)
+            for i, b in enumerate(items):
+                if f"{term}_ids" in b:
+                    n, k = b[f"{term}_ids"].shape
+                    ids[i, :n, :k], probs[i, :n, :k] = b[f"{term}_ids"], b[f"{term}_probs"]
+            batch.update({f"{term}_ids": ids, f"{term}_probs": probs,
+                          f"has_{term}": torch.tensor([f"{term}_ids" in b for b in items], dtype=torch.bool)})
+        if any("nbest" in b for b in items):
+            batch["nbest"] = [b.get("nbest", []) for b in items]
+        if any("lattice" in b for b in items):
+            batch["lattice"] = [b.get("lattice") for b in items]
+        return batch
