@@ -70,6 +70,16 @@ def tiny_features(tmp_path_factory, tiny_wavs):
     return {"feats": root / "fbank", "cmvn": root / "cmvn.ark", "tokens": root / "tokens"}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tests (its subprocesses get OMP_NUM_THREADS=1 themselves)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_features, tmp_path_factory):
     """A tiny CTC teacher (1 Conformer block, d=32) trained 3 epochs on the 6 tiny utterances."""

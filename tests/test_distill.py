@@ -24,12 +24,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ENC = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dump(teacher, data, out, type="frame_posteriors", topk=None, temperature=1.0):

@@ -15,39 +15,29 @@ the terms' weights, online mode and initialisation from the teacher are in the c
 init_conf (documented in kdtool/kd/distill.py). Same trainer as stage 3: DDP flags, resume after a
 kill, checkpoint averaging.
 """
-import argparse
-
 from kdtool.bin._common import run_main
+from kdtool.bin.train import devices
+from kdtool.bin.train import get_parser as train_parser
 from kdtool.kd.distill import distill, load_student_config
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="student model + training + kd_conf YAML")
-    p.add_argument("--train_data", required=True, nargs="+", help="feature dir(s) from stage 2")
+    p = train_parser(__doc__)  # stage 3's options (config, data, tokens, CMVN, exp dir, devices)
     p.add_argument("--untrans_data", nargs="*", default=[],
                    help="untranscribed feature dir(s); used when kd_conf.untranscribed is true")
-    p.add_argument("--valid_data", required=True)
     p.add_argument("--soft_labels", nargs="*", default=[],
                    help="soft-label dump dir(s) from stage 4, any types; each feeds the KD term of its type")
     p.add_argument("--nbest", nargs="*", default=[], help="N-best dir(s) from stage 4 (sequence-level KD)")
     p.add_argument("--teacher_dir", default=None, help="teacher exp dir (online mode, init_conf)")
     p.add_argument("--soft_label_dir", default=None, help="stage 4's output dir: dumps found by their names")
-    p.add_argument("--token_list", required=True, help="token-list dir from stage 2 (the teacher's)")
-    p.add_argument("--cmvn", required=True, help="global CMVN stats of the training set")
-    p.add_argument("--exp_dir", required=True)
-    p.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
-    p.add_argument("--devices", default="auto", help="number of GPUs (or 'auto')")
-    p.add_argument("--num_nodes", type=int, default=1)
     return p
 
 
 def main():
     args = get_parser().parse_args()
-    devices = int(args.devices) if args.devices.isdigit() else args.devices
     distill(load_student_config(args.config), args.exp_dir, args.train_data, args.valid_data, args.token_list,
             args.cmvn, soft_label_dirs=args.soft_labels, nbest_dirs=args.nbest, teacher_dir=args.teacher_dir,
-            soft_label_dir=args.soft_label_dir, untrans_dirs=args.untrans_data, devices=devices,
+            soft_label_dir=args.soft_label_dir, untrans_dirs=args.untrans_data, devices=devices(args),
             num_nodes=args.num_nodes, accelerator=args.accelerator)
 
 

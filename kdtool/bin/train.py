@@ -15,8 +15,9 @@ from kdtool.train.config import load_config
 from kdtool.train.trainer import train
 
 
-def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser(description=__doc__):
+    """The options every training entry point takes (stage 5's distill adds its own)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="model + training YAML")
     p.add_argument("--train_data", required=True, nargs="+", help="feature dir(s) from stage 2")
     p.add_argument("--valid_data", required=True)
@@ -29,11 +30,15 @@ def get_parser():
     return p
 
 
+def devices(args):
+    """--devices as lightning takes it: a GPU count, or 'auto'."""
+    return int(args.devices) if args.devices.isdigit() else args.devices
+
+
 def main():
     args = get_parser().parse_args()
-    devices = int(args.devices) if args.devices.isdigit() else args.devices
     train(load_config(args.config), args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
-          devices=devices, num_nodes=args.num_nodes, accelerator=args.accelerator)
+          devices=devices(args), num_nodes=args.num_nodes, accelerator=args.accelerator)
 
 
 if __name__ == "__main__":

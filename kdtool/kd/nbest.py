@@ -27,7 +27,7 @@ from tqdm import tqdm
 from kdtool.data.datadir import c_sorted
 from kdtool.decode.ar import ARBeamSearch
 from kdtool.features.fbank import job_slice
-from kdtool.kd.softlabels import SoftLabelError, tokens_sha256
+from kdtool.kd.softlabels import SoftLabelError, index_by_utterance, tokens_sha256
 from kdtool.models.load import load_trained
 from kdtool.train.dataset import SpeechDataset, collate
 from kdtool.utils.atomic import atomic_open
@@ -150,13 +150,7 @@ class NBestSet:
 
     def __init__(self, nbest_dirs, tokens_path):
         self.readers = [NBestReader(d, tokens_path) for d in nbest_dirs]
-        self._where = {}
-        for r in self.readers:
-            for utt in r.hyps:
-                if utt in self._where:
-                    raise SoftLabelError(f"utterance {utt} has N-best lists in two dirs: {self._where[utt].dir} "
-                                         f"and {r.dir}")
-                self._where[utt] = r
+        self._where = index_by_utterance(self.readers, lambda r: r.hyps, "N-best lists")
 
     def __contains__(self, utt):
         return utt in self._where and utt in self._where[utt]

@@ -244,6 +244,18 @@ class SoftLabelReader:
         return self._load(utt).shape[0]
 
 
+def index_by_utterance(readers, utts_of, what="soft labels"):
+    """{utt: reader} over several dumps (e.g. a training set's and an untranscribed pool's);
+    an utterance in two of them is a SoftLabelError naming both."""
+    where = {}
+    for r in readers:
+        for utt in utts_of(r):
+            if utt in where:
+                raise SoftLabelError(f"utterance {utt} has {what} in two dumps: {where[utt].dir} and {r.dir}")
+            where[utt] = r
+    return where
+
+
 def bytes_per_frame(dump_dir):
     """Ark bytes per stored frame (dense: ~4V, top-k: ~8K), for reporting storage cost."""
     reader = SoftLabelReader(dump_dir)

@@ -8,7 +8,7 @@ import torch
 
 from kdtool.kd.losses import pool_to_length
 from kdtool.kd.rnnt import from_matrix
-from kdtool.kd.softlabels import SoftLabelError, SoftLabelReader, to_topk
+from kdtool.kd.softlabels import SoftLabelError, SoftLabelReader, index_by_utterance, to_topk
 from kdtool.models.asr import subsampled_length, subsampling_factor
 from kdtool.train.dataset import collate
 
@@ -20,17 +20,12 @@ class SoftLabelSet:
 
     def __init__(self, dump_dirs, tokens_path, temperature):
         self.readers = [SoftLabelReader(d, tokens_path=tokens_path) for d in dump_dirs]
-        self._where = {}
         for r in self.readers:
             if r.type != "fb_posteriors" and not math.isclose(r.meta["temperature"], temperature):
                 raise SoftLabelError(f"{r.dir}: {r.type} dumped at temperature {r.meta['temperature']}, "
                                      f"but kd_conf.temperature is {temperature}; redump at T={temperature} "
                                      "(stage 4, soft_label_temperature) or change kd_conf.temperature")
-            for utt in r.scp:
-                if utt in self._where:
-                    raise SoftLabelError(f"utterance {utt} has soft labels in two dumps: "
-                                         f"{self._where[utt].dir} and {r.dir}")
-                self._where[utt] = r
+        self._where = index_by_utterance(self.readers, lambda r: r.scp)
 
     def __contains__(self, utt):
         return utt in self._where
