@@ -16,6 +16,8 @@ from kdtool.kd.softlabels import SoftLabelReader
 from kdtool.tokens import Tokenizer
 
 SETS = ("train", "dev", "test", "test_unseen", "untrans")
+# the whole --fast recipe runs in the module fixture, charged to the first test (~6 min on 2 idle cores)
+pytestmark = pytest.mark.timeout(1800)
 
 
 def run(recipe, *args, check=True):
