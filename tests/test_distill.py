@@ -525,3 +525,9 @@ def test_lattice_dump_with_other_transcripts_is_caught(rnnt_teacher, tiny_featur
                         {"lattice": SoftLabelSet([lattice], rnnt_teacher / "tokens" / "tokens.txt", 1.0)})
     with pytest.raises(SoftLabelError, match=rf"lat: utterance {first}: .*transcript"):
         ds[first]
+
+
+def test_nbest_larger_than_the_beam_is_an_error(ar_teacher, tiny_features, tmp_path):
+    from kdtool.kd.nbest import dump_nbest_job
+    with pytest.raises(ValueError, match=r"--nbest 5 must be in 1..beam_size \(4\)"):
+        dump_nbest_job(ar_teacher, tiny_features["feats"], tmp_path / "nb", nbest=5, beam_size=4)

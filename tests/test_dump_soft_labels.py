@@ -221,3 +221,16 @@ def test_killed_job_reruns_to_complete_identical_arks(teacher, tiny_features, tm
         assert torch.equal(clean.dense(utt), rerun.dense(utt)), utt
     # repeats of an utterance got the same posteriors as the original
     torch.testing.assert_close(rerun.dense("spka-u1-r007"), rerun.dense("spka-u1-r000"), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("type, need", [("token_posteriors", "ar"), ("rnnt_lattice", "transducer")])
+def test_teacher_of_the_wrong_kind_is_an_error(teacher, tiny_features, tmp_path, type, need):
+    with pytest.raises(ValueError, match=rf"ctc_teacher: {type} come from an {need} teacher, not a ctc model"):
+        dump_job(teacher, tiny_features["feats"], tmp_path / "out", type=type)
+
+
+def test_nbest_needs_an_ar_teacher_and_nbest_within_the_beam(teacher, tiny_features, tmp_path):
+    from kdtool.kd.nbest import dump_nbest_job
+    with pytest.raises(ValueError, match=r"ctc_teacher: N-best lists come from an ar teacher, not a ctc model"):
+        dump_nbest_job(teacher, tiny_features["feats"], tmp_path / "nb")
+    assert not (tmp_path / "nb").exists()

@@ -10,7 +10,7 @@ from kdtool.kd.losses import hinton_kd_loss, pool_to_length, soften
 from kdtool.kd.nbest import nbest_weights
 from kdtool.kd.rnnt import lattice_kl, lattice_mask, pad_lattices
 from kdtool.kd.softlabels import SoftLabelError
-from kdtool.models.asr import IGNORE_ID, subsampling_factor
+from kdtool.models.asr import IGNORE_ID
 
 
 class OnlineTeacher:
@@ -26,7 +26,6 @@ class OnlineTeacher:
         t_mean, t_std = mean_std(trained.cmvn)
         self.scale = torch.from_numpy((s_std / t_std).astype(np.float32))
         self.shift = torch.from_numpy(((s_mean - t_mean) / t_std).astype(np.float32))
-        self.subsampling = subsampling_factor(self.model)
 
     @torch.no_grad()
     def posteriors(self, batch, device):
