@@ -102,10 +102,22 @@ def test_teachers_are_trained_decoded_and_scored(mini_en):
         assert (exp / teacher / "soft_labels" / "rnnt_lattice_train" / "soft_labels.scp").is_file()
         for name in ("transducer_beam4", "transducer_streaming"):
             assert (exp / student / f"decode_{name}_test" / "score.json").is_file()
-    results = (mini_en / "RESULTS.md").read_text()
+    results = (mini_en / "exp_fast" / "RESULTS.md").read_text()
     for row in ("ar_teacher", "ar_beam10", "transducer_beam4_alsd", "streaming_chunk16", "test_unseen",
                 "ctc_student_kd"):
         assert row in results, row
+    # results.json: the table's rows, each knowing its teacher, its twin and how it was made
+    rows = {(r["name"], r["decode"]): r for r in json.loads((exp / "results.json").read_text())}
+    kd = rows[("ctc_student_kd", "ctc_greedy")]
+    assert (kd["teacher"], kd["twin"], kd["kd"]) == ("ar_teacher", "ctc_student", ["frame"])
+    assert kd["config"] == "conf/fast/train_ctc_student_kd.yaml" and kd["soft_label_bytes_per_frame"] > 0
+    assert kd["command"].startswith("python -m kdtool.bin.distill --config conf/fast/train_ctc_student_kd.yaml")
+    assert kd["test_wer_rel_pct"] == pytest.approx(
+        100 * (kd["test_wer"] / rows[("ctc_student", "ctc_greedy")]["test_wer"] - 1), abs=0.01)
+    assert rows[("ar_teacher", "ar_beam10")]["command"].startswith("python -m kdtool.bin.train")
+    stage2 = [r for (name, _), r in rows.items() if name == "transducer_student_stage2"]
+    assert stage2 and all(r["teacher"] == "transducer_student_stage1" and r["compression_pct"] > 0 for r in stage2)
+    assert (mini_en / "exp_fast/plots/wer_vs_params.png").stat().st_size > 10_000
 
 
 def test_rerunning_a_stage_alone_gives_the_same_result(mini_en):

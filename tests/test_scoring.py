@@ -192,7 +192,7 @@ def test_make_results(tmp_path, ref_dir):
     for key in ("date", "pytorch version", "espnet version", "kdtool version: `0.1.0`", "git commit", "CPU",
                 "CPU threads"):
         assert f"- {key}" in md
-    rows = [line for line in md.splitlines() if line.startswith("|")]
+    rows = [line for line in md.split("## Every test set")[1].splitlines() if line.startswith("|")]
     assert rows[0] == "|model|kind|decode|test set|params (M)|size (MB)|WER|CER|S/D/I|RTF|"
     assert rows[2:] == [
         "|student_ctc|ctc|ctc_greedy|dev|1.50|5.90|0.00|0.00|0/0/0|0.0494|",
@@ -204,6 +204,65 @@ def test_make_results(tmp_path, ref_dir):
     assert commands.count("python -m kdtool.bin.decode --ctc") == 2
     assert commands.count("python -m kdtool.bin.decode --beam 10") == 2
     assert commands.index("student_ctc / dev / ctc_greedy") < commands.index("teacher_ar / test / ar_beam10")
+
+
+def fake_model(exp, name, info, config=None, scores=()):
+    """An exp dir as stages 3/5 and 7 leave it: model_info.json, config.yaml, decode dirs with score.json."""
+    write(exp / name / "model_info.json", json.dumps(info))
+    write(exp / name / "config.yaml", json.dumps(config or {}))  # JSON is YAML
+    for method, test_set, wer in scores:
+        write(exp / name / f"decode_{method}_{test_set}" / "score.json",
+              json.dumps({"method": method, "test_set": test_set, "wer": wer, "cer": wer / 3, "rtf": 0.01,
+                          "sub": 1, "del": 0, "ins": 0, "model_dir": f"exp/{name}", "kind": info["kind"]}))
+
+
+def test_results_table_json_and_plots(tmp_path, monkeypatch):
+    """The papers' table: twins found by kind + size + decoding, compression against the teacher, the
+    relative WER change KD bought, bytes per frame of the dump used; results.json and two PNGs."""
+    monkeypatch.chdir(tmp_path)  # dump paths in config.yaml are relative to the recipe dir, as in kd.sh
+    exp = tmp_path / "exp"
+    write(tmp_path / "exp/ar/soft_labels/fb_posteriors_train/dump_info.json",
+          json.dumps({"type": "fb_posteriors", "bytes_per_frame": 64.5}))
+    ctc = {"kind": "ctc", "params": 500_000, "size_mb": 2.0}
+    fake_model(exp, "ar", {"kind": "ar", "params": 4_000_000, "size_mb": 16.0, "config": "conf/train_ar.yaml",
+                           "command": "python -m kdtool.bin.train --config conf/train_ar.yaml"},
+               scores=[("ar_beam10", "dev", 20.0), ("ar_beam10", "test", 22.0)])
+    # the twin: trained by stage 5 with the teacher's dir at hand, but no KD term
+    fake_model(exp, "ctc_student", {**ctc, "teacher": "exp/ar", "kd_terms": []},
+               scores=[("ctc_greedy", "dev", 50.0), ("ctc_greedy", "test", 40.0)])
+    fake_model(exp, "ctc_student_kd", {**ctc, "teacher": "exp/ar", "kd_terms": ["frame", "seq"]},
+               {"kd_conf": {"untranscribed": True, "teacher_data": ["exp/ar/soft_labels/fb_posteriors_train"]}},
+               scores=[("ctc_greedy", "dev", 45.0), ("ctc_greedy", "test", 42.0)])
+    fake_model(exp, "tiny_other", {**ctc, "params": 100_000}, scores=[("ctc_greedy", "test", 70.0)])
+    write(exp / "ar/csv/version_0/metrics.csv", "epoch,step,train/loss,valid/loss\n0,10,5.0,\n0,19,,4.0\n1,20,3.0,\n")
+    write(exp / "stage_times.tsv", "3\t2026-11-22T01:00:00\t100\n3\t2026-11-22T02:00:00\t120\n5\tx\t60\n")
+
+    out = tmp_path / "RESULTS.md"
+    subprocess.run([sys.executable, "-m", "kdtool.bin.make_results", "--exp", "exp", "--out", str(out)],
+                   check=True, capture_output=True)
+    rows = json.loads((exp / "results.json").read_text())
+    assert [r["name"] for r in rows] == ["ar", "ctc_student", "ctc_student_kd", "tiny_other"]
+    ar, twin, kd, other = rows
+    assert ar["teacher"] is None and ar["kd"] == [] and ar["config"] == "conf/train_ar.yaml"
+    assert ar["command"].startswith("python -m kdtool.bin.train") and ar["decode"] == "ar_beam10"
+    assert twin["teacher"] is None and twin["twin"] is None and twin["compression_pct"] == 87.5
+    assert kd["teacher"] == "ar" and kd["kd"] == ["frame", "sequence"] and kd["twin"] == "ctc_student"
+    assert kd["untranscribed"] and kd["soft_label_bytes_per_frame"] == 64.5 and kd["compression_pct"] == 87.5
+    assert kd["dev_wer_rel_pct"] == -10.0 and kd["test_wer_rel_pct"] == 5.0
+    assert (kd["dev_wer"], kd["test_wer"], kd["rtf"]) == (45.0, 42.0, 0.01)
+    assert other["dev_wer"] is None and other["twin"] is None
+    assert set(KEYS) <= set(ar)
+    md = out.read_text()
+    assert ("|ctc_student_kd|ctc|ctc_greedy|0.50|2.00|ar|87.5|frame+sequence (+untranscribed)|45.00|42.00|14.00|"
+            "0.0100|-10.0 / +5.0|64.5|") in md
+    assert "|3|120|2.0|" in md and "|all|180|3.0|" in md  # the latest run of each stage
+    for png in ("wer_vs_params", "learning_curves"):  # linked from RESULTS.md, real PNGs beside it
+        assert f"](plots/{png}.png)" in md
+        assert (tmp_path / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+KEYS = ("name", "kind", "params", "size_mb", "teacher", "kd", "twin", "decode", "dev_wer", "test_wer", "test_cer",
+        "rtf", "soft_label_bytes_per_frame", "config", "command")
 
 
 def test_make_results_without_scores(tmp_path):

@@ -1,8 +1,14 @@
 """What every entry point shares: logging set-up and turning known errors into a clean exit."""
 import logging
+import shlex
 import sys
 
 from kdtool.utils.log import setup_logging
+
+
+def command_line(module):
+    """The command that is running, as a user would retype it (recorded next to what it made)."""
+    return f"python -m {module} " + shlex.join(sys.argv[1:])
 
 
 def run_main(main, known_errors=(ValueError, RuntimeError, OSError)):

@@ -14,10 +14,8 @@ Writes text, decode_time and decode_info.json into --out_dir, ready for
 method's options and defaults.
 """
 import argparse
-import shlex
-import sys
 
-from kdtool.bin._common import run_main
+from kdtool.bin._common import command_line, run_main
 from kdtool.decode.runner import decode_dir, load_decode_config
 
 
@@ -37,8 +35,8 @@ def main():
     if args.num_threads < 1:
         parser.error(f"--num_threads must be 1 or more, not {args.num_threads}")
     method, options = load_decode_config(args.config)  # a bad config fails before the model is loaded
-    command = "python -m kdtool.bin.decode " + shlex.join(sys.argv[1:])
-    info = decode_dir(args.model_dir, args.data, method, options, args.out_dir, args.num_threads, command)
+    info = decode_dir(args.model_dir, args.data, method, options, args.out_dir, args.num_threads,
+                      command_line("kdtool.bin.decode"))
     print(f"{args.out_dir}: {info['utterances']} utterances decoded with {info['method']}")
 
 

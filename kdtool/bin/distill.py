@@ -15,7 +15,7 @@ the terms' weights, online mode and initialisation from the teacher are in the c
 init_conf (documented in kdtool/kd/distill.py). Same trainer as stage 3: DDP flags, resume after a
 kill, checkpoint averaging.
 """
-from kdtool.bin._common import run_main
+from kdtool.bin._common import command_line, run_main
 from kdtool.bin.train import devices
 from kdtool.bin.train import get_parser as train_parser
 from kdtool.kd.distill import distill, load_student_config
@@ -38,7 +38,8 @@ def main():
     distill(load_student_config(args.config), args.exp_dir, args.train_data, args.valid_data, args.token_list,
             args.cmvn, soft_label_dirs=args.soft_labels, nbest_dirs=args.nbest, teacher_dir=args.teacher_dir,
             soft_label_dir=args.soft_label_dir, untrans_dirs=args.untrans_data, devices=devices(args),
-            num_nodes=args.num_nodes, accelerator=args.accelerator)
+            num_nodes=args.num_nodes, accelerator=args.accelerator,
+            extra_info={"config": args.config, "command": command_line("kdtool.bin.distill")})
 
 
 if __name__ == "__main__":

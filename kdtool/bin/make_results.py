@@ -1,6 +1,7 @@
-"""Stage 7: RESULTS.md from every score.json under an exp dir (a table of WER, CER, size, speed).
+"""Stage 7: RESULTS.md, exp/results.json and the plots from every score.json and model_info.json under an
+exp dir (the papers' table: size, compression, KD terms, dev/test WER, speed, gain over the twin).
 
-    python -m kdtool.bin.make_results --exp exp --out RESULTS.md --title "mini_en kd1"
+    python -m kdtool.bin.make_results --exp exp --out RESULTS.md --title mini_en --dev_set dev --test_set test
 """
 import argparse
 import logging
@@ -11,16 +12,19 @@ from kdtool.scoring.results import write_results
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--exp", default="exp", help="searched recursively for score.json")
+    p.add_argument("--exp", default="exp", help="searched for <model>/model_info.json and */score.json")
     p.add_argument("--out", default="RESULTS.md")
     p.add_argument("--title", default="RESULTS")
+    p.add_argument("--dev_set", default="dev", help="the set the table's 'dev WER' column comes from")
+    p.add_argument("--test_set", default="test", help="the set of the 'test WER', 'test CER' and 'RTF' columns")
+    p.add_argument("--plots_dir", default=None, help="where the PNGs go (default: plots/ beside --out)")
     return p
 
 
 def main():
     args = get_parser().parse_args()
-    rows = write_results(args.exp, args.out, args.title)
-    logging.info("%s: %d results from %s", args.out, len(rows), args.exp)
+    rows = write_results(args.exp, args.out, args.title, args.dev_set, args.test_set, args.plots_dir)
+    logging.info("%s, %s/results.json: %d rows", args.out, args.exp, len(rows))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ A rerun resumes from the last checkpoint. See kdtool/train/trainer.py for the ex
 """
 import argparse
 
-from kdtool.bin._common import run_main
+from kdtool.bin._common import command_line, run_main
 from kdtool.train.config import load_config
 from kdtool.train.trainer import train
 
@@ -38,7 +38,8 @@ def devices(args):
 def main():
     args = get_parser().parse_args()
     train(load_config(args.config), args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
-          devices=devices(args), num_nodes=args.num_nodes, accelerator=args.accelerator)
+          devices=devices(args), num_nodes=args.num_nodes, accelerator=args.accelerator,
+          extra_info={"config": args.config, "command": command_line("kdtool.bin.train")})
 
 
 if __name__ == "__main__":

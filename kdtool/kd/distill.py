@@ -154,7 +154,8 @@ def check_student(student, terms):
 
 
 def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_label_dirs=(), nbest_dirs=(),
-            teacher_dir=None, soft_label_dir=None, untrans_dirs=(), devices="auto", num_nodes=1, accelerator="auto"):
+            teacher_dir=None, soft_label_dir=None, untrans_dirs=(), devices="auto", num_nodes=1, accelerator="auto",
+            extra_info=None):
     """Train a student with the KD loss into ``exp_dir`` (the trainer's layout; config.yaml also
     records the teacher and the dumps it used). Every input is checked before training starts.
 
@@ -215,4 +216,5 @@ def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_l
     return train(config, exp_dir, train_dirs + untrans_dirs, valid_dir, token_dir, cmvn_path, devices=devices,
                  num_nodes=num_nodes, accelerator=accelerator, model=student, wrap_train_set=wrap, loss_fn=loss,
                  extra_info={"teacher": str(teacher_dir) if teacher_dir else None, "alpha": kd["alpha"],
-                             "kd_terms": terms, "initialized_from_teacher": len(copied)})
+                             "kd_terms": terms, "initialized_from_teacher": len(copied),
+                             **(extra_info or {})})

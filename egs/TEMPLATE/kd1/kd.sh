@@ -49,6 +49,7 @@ chain_soft_label_types="rnnt_lattice"  # what each link's teacher dumps for its 
 # Stage 6-7: decoding and scoring
 decode_sets=""          # sets to decode (default: valid_set and test_sets)
 models=""               # exp dirs to decode (default: every trained model under expdir)
+results=RESULTS.md      # stage 7's table (plots go to plots/ beside it; the rows also to ${expdir}/results.json)
 
 help_message="Usage: $0 [options]   (see the option list below; recipes pass theirs from run.sh)"
 . utils/parse_options.sh
@@ -221,7 +222,8 @@ if in_stages 7; then
       done
     done
   done
-  python -m kdtool.bin.make_results --exp "${expdir}" --out RESULTS.md --title "$(basename "$(dirname "${PWD}")")"
+  python -m kdtool.bin.make_results --exp "${expdir}" --out "${results}" --title "$(basename "$(dirname "${PWD}")")" \
+    --dev_set "${valid_set}" --test_set "${test_sets%% *}"
   stage_done 7
 fi
 
