@@ -21,12 +21,12 @@ def _save(fig, out_png, dpi):
 
 
 def plot_wer_vs_params(rows, out_png, test_set="test"):
-    """One point per (model, decoding method): * a model trained from scratch that teaches others,
-    o filled a distilled student, o hollow a student without KD; a grey line joins a student to its twin."""
+    """One point per (model, decoding method): * a model trained from scratch (a teacher), o filled a
+    distilled student, o hollow its twin without KD; a grey line joins a student to its twin."""
     rows = [r for r in rows if r["test_wer"] is not None and r["params"]]
     if not rows:
         return None
-    teachers = {r["teacher"] for r in rows}
+    twins = {r["twin"] for r in rows}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     where = {(r["name"], r["decode"]): (r["params"] / 1e6, r["test_wer"]) for r in rows}
     for r in rows:
@@ -35,11 +35,11 @@ def plot_wer_vs_params(rows, out_png, test_set="test"):
         if r["twin"] and (r["twin"], r["decode"]) in where:
             tx, ty = where[(r["twin"], r["decode"])]
             ax.plot([tx, x], [ty, y], color="0.75", lw=0.8, zorder=1)
-        if r["name"] in teachers and not r["kd"]:
+        if not r["kd"] and r["name"] not in twins:  # trained from scratch, no one's twin: a teacher
             ax.scatter(x, y, marker="*", s=180, color=color, zorder=3)
         else:
             ax.scatter(x, y, marker="o", s=45, zorder=3, color=color if r["kd"] else "white", edgecolors=color)
-        ax.annotate(f"{r['name']} ({r['decode']})", (x, y), fontsize=6, xytext=(4, 3), textcoords="offset points")
+    _label(ax, [(*where[(r["name"], r["decode"])], f"{r['name']} ({r['decode']})") for r in rows])
     for kind, color in KIND_COLORS.items():
         if any(r["kind"] == kind for r in rows):
             ax.scatter([], [], color=color, label=kind)
@@ -57,6 +57,21 @@ def plot_wer_vs_params(rows, out_png, test_set="test"):
     fig.tight_layout()
     _save(fig, out_png, dpi=110)
     return out_png
+
+
+def _label(ax, points):
+    """Name each point; points of the same size (a student and its twins) get their labels stacked
+    top to bottom at least a line apart, joined to their points, instead of printed over each other."""
+    ys = [y for _, y, _ in points]
+    gap = max(max(ys) - min(ys), 1.0) * 0.045
+    for x in sorted({x for x, _, _ in points}):
+        column = sorted((p for p in points if p[0] == x), key=lambda p: -p[1])
+        last = None
+        for _, y, text in column:
+            ty = y if last is None else min(y, last - gap)
+            ax.annotate(text, (x, y), xytext=(x * 1.12, ty), textcoords="data", fontsize=6, va="center",
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
+            last = ty
 
 
 def plot_learning_curves(model_dirs, out_png):
