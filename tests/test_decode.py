@@ -278,3 +278,42 @@ def test_cli_errors_are_one_line(models, tiny_features, tmp_path):
                        text=True)
     assert p.returncode == 1 and "Traceback" not in p.stderr and "needs a model with a masked-LM" in p.stderr
     assert not (tmp_path / "dec").exists()
+
+
+def test_decode_info_records_the_device_and_cpu_decodes_as_the_default(models, tiny_features, tmp_path):
+    data, config = tiny_features["feats"], {"method": "ctc_greedy"}
+    default = run_decode(models / "ctc", data, config, tmp_path / "default")
+    cpu = run_decode(models / "ctc", data, config, tmp_path / "cpu", "--device", "cpu")
+    assert texts(cpu) == texts(default) and any(texts(cpu).values())
+    for out in (default, cpu):
+        assert json.loads((out / "decode_info.json").read_text())["device"] == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_device_is_a_one_line_error_before_any_work(models, tiny_features, tmp_path):
+    conf = write_config(tmp_path / "decode.yaml", {"method": "ctc_greedy"})
+    p = subprocess.run([sys.executable, "-m", "kdtool.bin.decode", "--model_dir", str(models / "ctc"), "--data",
+                        str(tiny_features["feats"]), "--config", str(conf), "--out_dir", str(tmp_path / "dec"),
+                        "--device", "cuda"], capture_output=True, text=True)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "--device cuda: CUDA is not available on this machine" in p.stderr
+    assert not (tmp_path / "dec").exists()
+
+
+@pytest.mark.parametrize("name,message", [("tpu", "not a device"), ("cuda:x", "not a device"),
+                                          ("mps", "only cpu and cuda")])
+def test_unknown_devices_are_named(name, message):
+    from kdtool.models.load import resolve_device
+    with pytest.raises(ValueError, match=rf"--device '?{name}'?: {message}"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind,config,name", CLI_CASES, ids=[c[2] + "-" + c[0] for c in CLI_CASES])
+def test_cuda_decodes_as_the_cpu_does(kind, config, name, models, tiny_features, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32, as on the CPU
+    data = tiny_features["feats"]
+    cpu = run_decode(models / kind, data, config, tmp_path / "cpu")
+    gpu = run_decode(models / kind, data, config, tmp_path / "gpu", "--device", "cuda")
+    assert texts(gpu) == texts(cpu)
+    assert json.loads((gpu / "decode_info.json").read_text())["device"].startswith("cuda:")

@@ -234,3 +234,43 @@ def test_nbest_needs_an_ar_teacher_and_nbest_within_the_beam(teacher, tiny_featu
     with pytest.raises(ValueError, match=r"ctc_teacher: N-best lists come from an ar teacher, not a ctc model"):
         dump_nbest_job(teacher, tiny_features["feats"], tmp_path / "nb")
     assert not (tmp_path / "nb").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("module", ["dump_soft_labels", "dump_nbest"])
+def test_unavailable_device_is_a_one_line_error_before_any_work(teacher, tiny_features, tmp_path, module):
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-m", f"kdtool.bin.{module}",
+                        *map(str, common(teacher, tiny_features["feats"], out)), "--device", "cuda"],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "--device cuda: CUDA is not available on this machine" in p.stderr
+    assert not out.exists()
+
+
+def test_merge_needs_no_device(dense_dump, teacher, tiny_features, tmp_path):
+    """kd.sh merges on the machine that runs it, which may have no GPU: --merge ignores --device."""
+    from unittest import mock
+
+    from kdtool.bin import dump_soft_labels
+    out = tmp_path / "copy"
+    shutil.copytree(dense_dump, out)
+    (out / "dump_info.json").unlink()
+    argv = ["dump_soft_labels", *map(str, common(teacher, tiny_features["feats"], out)), "--nj", "2", "--merge",
+            "--device", "cuda:7"]
+    with mock.patch.object(sys, "argv", argv):
+        dump_soft_labels.main()
+    assert json.loads((out / "dump_info.json").read_text())["utterances"] == 6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("type", ["frame_posteriors", "fb_posteriors"])
+def test_cuda_dump_equals_the_cpu_dump(teacher, tiny_features, tmp_path, monkeypatch, type):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full float32, as on the CPU
+    for device in ("cpu", "cuda"):
+        dump_job(teacher, tiny_features["feats"], tmp_path / device, type, temperature=T, device=device)
+        merge_dump(tmp_path / device, 1)
+    cpu, gpu = SoftLabelReader(tmp_path / "cpu"), SoftLabelReader(tmp_path / "cuda")
+    assert sorted(gpu.keys()) == sorted(cpu.keys()) and len(cpu) == 6
+    for utt in cpu.keys():
+        torch.testing.assert_close(gpu.dense(utt), cpu.dense(utt), atol=1e-4, rtol=1e-3)

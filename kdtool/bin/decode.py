@@ -2,6 +2,7 @@
 
     python -m kdtool.bin.decode --model_dir exp/teacher_ar --data dump/fbank/test \
         --config conf/decode_ar_beam10.yaml --out_dir exp/teacher_ar/decode_ar_beam10_test
+    # on a GPU: the same with --device cuda (or cuda:N)
 
 The config names a method and its options (unknown keys are an error), e.g.
 
@@ -9,14 +10,15 @@ The config names a method and its options (unknown keys are an error), e.g.
     beam_size: 10
     ctc_weight: 0.3
 
-Writes text, decode_time and decode_info.json into --out_dir, ready for
-``python -m kdtool.bin.score --ref <data> <out_dir>``. See kdtool/decode/runner.py for every
-method's options and defaults.
+Writes text, decode_time and decode_info.json (which records the device) into --out_dir, ready for
+``python -m kdtool.bin.score --ref <data> <out_dir>`` (the RTF is wall time over audio: on a GPU, the
+GPU's). See kdtool/decode/runner.py for every method's options and defaults.
 """
 import argparse
 
 from kdtool.bin._common import command_line, run_main
 from kdtool.decode.runner import decode_dir, load_decode_config
+from kdtool.models.load import resolve_device
 
 
 def get_parser():
@@ -26,6 +28,7 @@ def get_parser():
     p.add_argument("--config", required=True, help="decode YAML: method and its options")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (1: single-thread RTF)")
+    p.add_argument("--device", default="cpu", help="torch device of the model: cpu, cuda or cuda:N")
     return p
 
 
@@ -34,9 +37,10 @@ def main():
     args = parser.parse_args()
     if args.num_threads < 1:
         parser.error(f"--num_threads must be 1 or more, not {args.num_threads}")
+    device = resolve_device(args.device)  # an unusable device fails before any work
     method, options = load_decode_config(args.config)  # a bad config fails before the model is loaded
     info = decode_dir(args.model_dir, args.data, method, options, args.out_dir, args.num_threads,
-                      command_line("kdtool.bin.decode"))
+                      command_line("kdtool.bin.decode"), device)
     print(f"{args.out_dir}: {info['utterances']} utterances decoded with {info['method']}")
 
 

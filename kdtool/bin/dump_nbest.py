@@ -6,13 +6,15 @@
     python -m kdtool.bin.dump_nbest --teacher exp/ar_teacher --data dump/fbank/train \
         --out_dir exp/ar_teacher/soft_labels/nbest_train --nj 4 --merge
 
-Joint CTC/attention beam search (as stage 6's ar_beam); the format is documented in
-kdtool/kd/nbest.py. Untranscribed sets work too: the lists need no transcript.
+Joint CTC/attention beam search (as stage 6's ar_beam); --device cuda (or cuda:N) runs it on a GPU
+(the merge needs none). The format is documented in kdtool/kd/nbest.py. Untranscribed sets work too:
+the lists need no transcript.
 """
 import argparse
 
 from kdtool.bin._common import run_main
 from kdtool.kd.nbest import dump_nbest_job, merge_nbest
+from kdtool.models.load import resolve_device
 
 
 def get_parser():
@@ -28,7 +30,7 @@ def get_parser():
     g.add_argument("--job", type=int, help="which job (1-based) to compute")
     g.add_argument("--merge", action="store_true", help="join the finished jobs' lists into nbest.jsonl")
     p.add_argument("--batch_size", type=int, default=8, help="utterances per encoder batch")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="the teacher's torch device: cpu, cuda or cuda:N (not for --merge)")
     p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (parallelism comes from the jobs)")
     return p
 
@@ -41,10 +43,11 @@ def main():
     if args.job is None and not args.merge and args.nj > 1:
         parser.error(f"--nj {args.nj} needs --job (one of the jobs) or --merge")
     if not args.merge:
+        device = resolve_device(args.device)  # an unusable device fails before any work
         import torch
         torch.set_num_threads(args.num_threads)
         dump_nbest_job(args.teacher, args.data, args.out_dir, args.nbest, args.beam_size, args.ctc_weight,
-                       args.job or 1, args.nj, args.batch_size, args.device)
+                       args.job or 1, args.nj, args.batch_size, device)
     if args.merge or args.nj == 1:
         print(f"{args.out_dir}: N-best lists of {merge_nbest(args.out_dir, args.nj)} utterances")
 

@@ -8,7 +8,8 @@
         --out_dir exp/ar_teacher/soft_labels_train --type frame_posteriors --topk 8 --temperature 2.0 \
         --nj 4 --merge
 
-Without --job and with --nj 1, the one job runs and is merged. Types:
+Without --job and with --nj 1, the one job runs and is merged. --device cuda (or cuda:N) runs the
+teacher on a GPU (the merge needs none). Types:
 
     frame_posteriors   softmax(CTC logits / T) per encoder frame, every utterance (text not needed)
     fb_posteriors      CTC forward-backward occupancies given the transcript (temperature 1)
@@ -22,6 +23,7 @@ import argparse
 from kdtool.bin._common import run_main
 from kdtool.kd.dump import dump_job, merge_dump
 from kdtool.kd.softlabels import TYPES
+from kdtool.models.load import resolve_device
 
 
 def str2bool(v):
@@ -47,7 +49,7 @@ def get_parser():
     p.add_argument("--batch_size", type=int, default=16, help="utterances per encoder batch (sorted by length)")
     p.add_argument("--skip_bad", type=str2bool, default=False,
                    help="true: leave out (and count) utterances that cannot be aligned / are too short")
-    p.add_argument("--device", default="cpu", help="torch device of the teacher (cpu, cuda, cuda:1)")
+    p.add_argument("--device", default="cpu", help="the teacher's torch device: cpu, cuda or cuda:N (not for --merge)")
     p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (parallelism comes from the jobs)")
     return p
 
@@ -70,10 +72,11 @@ def main():
         print(f"{args.out_dir}: {info['utterances']} utterances, {info['frames']} frames, "
               f"{info['bytes_per_frame']:.1f} bytes/frame")
         return
+    device = resolve_device(args.device)  # an unusable device fails before any work
     import torch
     torch.set_num_threads(args.num_threads)
     dump_job(args.teacher, args.data, args.out_dir, args.type, args.topk or None, args.temperature,
-             args.job or 1, args.nj, args.batch_size, args.skip_bad, args.device)
+             args.job or 1, args.nj, args.batch_size, args.skip_bad, device)
     if args.job is None and args.nj == 1:
         info = merge_dump(args.out_dir, 1)
         print(f"{args.out_dir}: {info['utterances']} utterances, {info['frames']} frames, "

@@ -242,7 +242,8 @@ def _ctc_log_likelihoods(log_probs, hyps, blank):
     valid = [y for y in hyps if blank not in y]
     out = dict.fromkeys(range(len(hyps)), float("-inf"))
     if valid:
-        targets = torch.tensor([column[t] for y in valid for t in y], dtype=torch.long)
+        # on the log-probabilities' device: CUDA's ctc_loss takes long targets from the GPU only
+        targets = torch.tensor([column[t] for y in valid for t in y], dtype=torch.long, device=small.device)
         loss = torch.nn.functional.ctc_loss(
             small[:, None].expand(-1, len(valid), -1), targets, torch.full((len(valid),), len(small)),
             torch.tensor([len(y) for y in valid]), blank=0, reduction="none", zero_infinity=False)

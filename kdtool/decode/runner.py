@@ -6,7 +6,11 @@ are in METHODS. Writes into the output dir (each file atomically):
     text               <utt> <hypothesis>, every utterance, sorted; an empty hypothesis is the id alone
     decode_time        <utt> <seconds>: a batch's wall time (encoder + search, not feature reading)
                        split over its utterances in proportion to their frames
-    decode_info.json   model_dir, kind, params, size_mb, method, config, command, num_threads, utterances
+    decode_info.json   model_dir, kind, params, size_mb, method, config, command, num_threads, device,
+                       utterances
+
+On a GPU (``device`` cuda or cuda:N) the model and each batch go to the device, hypotheses come
+back as token-id lists; the timing is still wall time (so the RTF is that of the GPU).
 """
 import json
 import logging
@@ -27,7 +31,7 @@ from kdtool.decode.streaming import streaming_greedy
 from kdtool.decode.transducer import SEARCH_TYPES, TransducerBeamSearch, greedy_search
 from kdtool.models.build import ConfigError, read_yaml
 from kdtool.models.asr import subsampled_length
-from kdtool.models.load import load_trained
+from kdtool.models.load import load_trained, model_device, resolve_device
 from kdtool.train.dataset import SpeechDataset, collate
 from kdtool.utils.atomic import atomic_open, write_lines
 
@@ -135,13 +139,14 @@ def load_decode_config(path):
     return resolve_decode_config(read_yaml(path, "decode config"), source=str(path))
 
 
-def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, command=None):
-    """Decode ``data_dir`` with the model of ``model_dir``; returns decode_info as a dict."""
+def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, command=None, device="cpu"):
+    """Decode ``data_dir`` with the model of ``model_dir`` on ``device``; returns decode_info as a dict."""
     spec = METHODS[method]
+    device = resolve_device(device)  # an unusable device fails before any work
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)  # single-thread by default: the RTF of one CPU core
     try:
-        trained = load_trained(model_dir)
+        trained = load_trained(model_dir, device=device)
         model, tokenizer = trained.model, trained.tokenizer
         search, batch_size = build_search(model, method, options)  # before reading any features
         ds = SpeechDataset(data_dir, tokenizer, cmvn_path=Path(model_dir) / "cmvn.ark", require_text=False)
@@ -155,7 +160,8 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     write_lines(out / "text", (f"{u} {hyps[u]}".rstrip() for u in c_sorted(hyps)))
     write_lines(out / "decode_time", (f"{u} {seconds[u]:.6f}" for u in c_sorted(seconds)))
     info = {**trained.info, "method": spec.name(options), "config": {"method": method, **options},
-            "command": command, "num_threads": num_threads, "utterances": len(ds), "data_dir": str(data_dir)}
+            "command": command, "num_threads": num_threads, "device": str(device), "utterances": len(ds),
+            "data_dir": str(data_dir)}
     with atomic_open(out / "decode_info.json", "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2, ensure_ascii=False)
         f.write("\n")
@@ -172,11 +178,16 @@ def build_search(model, method, options):
 
 def search_batch(model, search, batch):
     """Token ids of a collated batch: the encoder then the search (or the search alone if it
-    takes_feats). Call under torch.no_grad()."""
+    takes_feats), on the model's device. Call under torch.no_grad()."""
+    device = model_device(model)
+    feats, feats_lens = batch["feats"].to(device), batch["feats_lens"].to(device)
     if getattr(search, "takes_feats", False):
-        return search(batch["feats"], batch["feats_lens"])
-    enc, enc_lens = model.encode(batch["feats"], batch["feats_lens"])
-    return search(enc, enc_lens)
+        ids = search(feats, feats_lens)
+    else:
+        ids = search(*model.encode(feats, feats_lens))
+    if device.type == "cuda":  # kernels run asynchronously: the batch's time must include them all
+        torch.cuda.synchronize(device)
+    return ids
 
 
 def decode_dataset(model, tokenizer, ds, search, batch_size):

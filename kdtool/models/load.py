@@ -26,8 +26,36 @@ class TrainedModel:
                 "size_mb": round(model_size_mb(self.model), 3)}
 
 
+def resolve_device(name):
+    """The torch.device for ``--device name`` (cpu, cuda, cuda:N), checked before any work: a
+    ValueError naming the device if this machine cannot run on it."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {name!r}: not a device (cpu, cuda or cuda:N)") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"--device {name}: only cpu and cuda (cuda:N) are supported")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine "
+                         "(torch.cuda.is_available() is False); use --device cpu")
+    count = torch.cuda.device_count()
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= count:
+        raise ValueError(f"--device {name}: this machine has {count} CUDA device(s): cuda:0 .. cuda:{count - 1}")
+    return torch.device("cuda", index)
+
+
+def model_device(model):
+    """The device a model's weights are on (where its inputs must go)."""
+    return next(model.parameters()).device
+
+
 def load_trained(exp_dir, weights="model.pth", device="cpu"):
-    """Raise a clear error if the dir lacks weights, or its token list does not fit its weights."""
+    """Raise a clear error if the dir lacks weights, or its token list does not fit its weights.
+    The model goes to ``device`` (checked by resolve_device) in eval mode."""
+    device = resolve_device(device)
     exp = Path(exp_dir)
     for name in ("config.yaml", "tokens/tokens.txt", "cmvn.ark", weights):
         if not (exp / name).exists():

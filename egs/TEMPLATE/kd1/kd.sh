@@ -30,6 +30,8 @@ bpe_model_type=unigram  # unigram or bpe
 # Stage 3: teachers
 teacher_configs=""      # training configs, space separated; each trains exp/<config name without train_>
 ngpu=0                  # GPUs per training job (0: CPU)
+gpu_inference=false     # stages 4 and 6 on a GPU: their jobs get --device cuda and run through cuda_cmd (which
+                        # asks SLURM for one GPU per job); local jobs all share the first visible GPU
 # Stage 4: the teacher's knowledge, dumped once for any number of students
 kd_teacher=""           # exp dir whose knowledge is dumped (default: the first teacher config's)
 soft_label_types="frame_posteriors"  # any of: frame_posteriors (training set + untrans_set), and for the
@@ -60,6 +62,8 @@ help_message="Usage: $0 [options]   (see the option list below; recipes pass the
 [ -n "${speed_perturb_factors}" ] && train_sp=${train_set}_sp || train_sp=${train_set}
 if [ "${token_type}" = bpe ]; then token_dir=data/token_list/bpe_${bpe_model_type}${nbpe}; else token_dir=data/token_list/char; fi
 all_sets=$(echo ${train_sp} ${valid_set} ${test_sets} ${untrans_set} | tr " " "\n" | awk '!seen[$0]++' | tr "\n" " ")
+# stages 4 and 6: the runner and device of the teacher's and the decoders' jobs
+if ${gpu_inference}; then infer_cmd=${cuda_cmd}; infer_device=cuda; else infer_cmd=${decode_cmd}; infer_device=cpu; fi
 
 # stage_done N: log how long stage N took, and keep it in ${expdir}/stage_times.tsv
 stage_begin=$(date +%s)
@@ -135,8 +139,8 @@ dump_knowledge() {
       log "Stage 4: ${type} of ${teacher} on ${x} -> ${out}"
       opts="--teacher ${teacher} --data ${dumpdir}/fbank/${x} --out_dir ${out} --type ${type} --nj ${nj}"
       # shellcheck disable=SC2086
-      ${decode_cmd} JOB=1:"${nj}" "${out}/log/dump.JOB.log" python -m kdtool.bin.dump_soft_labels ${opts} \
-        --topk "${topk}" --temperature "${soft_label_temperature}" --job JOB
+      ${infer_cmd} JOB=1:"${nj}" "${out}/log/dump.JOB.log" python -m kdtool.bin.dump_soft_labels ${opts} \
+        --topk "${topk}" --temperature "${soft_label_temperature}" --device "${infer_device}" --job JOB
       # shellcheck disable=SC2086
       python -m kdtool.bin.dump_soft_labels ${opts} --merge
     done
@@ -162,8 +166,9 @@ if in_stages 4; then
     for x in ${train_sp} ${untrans_set}; do
       out=${soft_label_dir}/nbest_${x}
       log "Stage 4: ${nbest}-best lists of ${kd_teacher} on ${x} -> ${out}"
-      ${decode_cmd} JOB=1:"${nj}" "${out}/log/nbest.JOB.log" python -m kdtool.bin.dump_nbest --teacher "${kd_teacher}" \
-        --data "${dumpdir}/fbank/${x}" --out_dir "${out}" --nbest "${nbest}" --beam_size "${nbest_beam}" --nj "${nj}" --job JOB
+      ${infer_cmd} JOB=1:"${nj}" "${out}/log/nbest.JOB.log" python -m kdtool.bin.dump_nbest --teacher "${kd_teacher}" \
+        --data "${dumpdir}/fbank/${x}" --out_dir "${out}" --nbest "${nbest}" --beam_size "${nbest_beam}" --nj "${nj}" \
+        --device "${infer_device}" --job JOB
       python -m kdtool.bin.dump_nbest --teacher "${kd_teacher}" --data "${dumpdir}/fbank/${x}" --out_dir "${out}" \
         --nj "${nj}" --merge
     done
@@ -204,9 +209,9 @@ if in_stages 6; then
       name=$(basename "${config}" .yaml | sed 's/^decode_//')
       for x in ${decode_sets}; do
         log "Stage 6: decoding ${x} with ${model} (${config})"
-        ${decode_cmd} "${model}/decode_${name}_${x}/decode.log" \
+        ${infer_cmd} "${model}/decode_${name}_${x}/decode.log" \
           python -m kdtool.bin.decode --model_dir "${model}" --data "${dumpdir}/fbank/${x}" --config "${config}" \
-            --out_dir "${model}/decode_${name}_${x}"
+            --out_dir "${model}/decode_${name}_${x}" --device "${infer_device}"
       done
     done
   done
