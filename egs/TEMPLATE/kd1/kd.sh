@@ -126,6 +126,12 @@ fi
 
 [ -n "${soft_label_dir}" ] || soft_label_dir=${kd_teacher}/soft_labels
 
+# complete DIR FILE: whether stage 4 finished DIR (its merge writes FILE last; a rerun job deletes it first)
+complete() {
+  [ -f "$1/$2" ] || return 1
+  log "Stage 4: $1 is complete; skipped (delete it to redo)"
+}
+
 # dump_knowledge TEACHER OUT_ROOT TYPES: stage 4's dumps of TEACHER into OUT_ROOT/<type>[_dense]_<set>
 dump_knowledge() {
   local teacher=$1 root=$2 entry type topk name sets x out opts
@@ -136,6 +142,7 @@ dump_knowledge() {
     sets="${train_sp}"; [ "${type}" = frame_posteriors ] && sets="${sets} ${untrans_set}"
     for x in ${sets}; do
       out=${root}/${name}_${x}
+      complete "${out}" dump_info.json && continue
       log "Stage 4: ${type} of ${teacher} on ${x} -> ${out}"
       opts="--teacher ${teacher} --data ${dumpdir}/fbank/${x} --out_dir ${out} --type ${type} --nj ${nj}"
       # shellcheck disable=SC2086
@@ -165,6 +172,7 @@ if in_stages 4; then
   if [ "${nbest}" -gt 0 ]; then
     for x in ${train_sp} ${untrans_set}; do
       out=${soft_label_dir}/nbest_${x}
+      complete "${out}" nbest.jsonl && continue
       log "Stage 4: ${nbest}-best lists of ${kd_teacher} on ${x} -> ${out}"
       ${infer_cmd} JOB=1:"${nj}" "${out}/log/nbest.JOB.log" python -m kdtool.bin.dump_nbest --teacher "${kd_teacher}" \
         --data "${dumpdir}/fbank/${x}" --out_dir "${out}" --nbest "${nbest}" --beam_size "${nbest_beam}" --nj "${nj}" \

@@ -1,0 +1,85 @@
+"""kd.sh's stages 4 and 6 on a tiny CTC teacher: a complete dump is skipped on rerun, a half-done one
+is redone, and gpu_inference hands the entry points --device cuda (which fails cleanly without CUDA)."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from conftest import copy_egs
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SKIPPED = "Stage 4: {} is complete; skipped (delete it to redo)"
+
+
+@pytest.fixture
+def recipe(tmp_path, tiny_features):
+    """A copy of the mini_en recipe whose dump/fbank/tiny is the tiny feature dir."""
+    recipe = copy_egs(tmp_path / "kdtool") / "mini_en" / "kd1"
+    (recipe / "dump" / "fbank").mkdir(parents=True)
+    (recipe / "dump" / "fbank" / "tiny").symlink_to(tiny_features["feats"])
+    return recipe
+
+
+def kd_sh(recipe, teacher, *args):
+    """kd.sh with the tiny teacher on the tiny set; returns the finished process (stdout + stderr)."""
+    p = subprocess.run(["./kd.sh", "--nj", "2", "--train_set", "tiny", "--decode_sets", "tiny", "--kd_teacher",
+                        str(teacher), "--soft_label_dir", "soft", "--soft_label_types", "frame_posteriors", *args],
+                       cwd=recipe, env=ENV, capture_output=True, text=True, timeout=300)
+    p.out = p.stdout + p.stderr
+    return p
+
+
+def mtimes(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_complete_dumps_are_skipped_and_half_done_ones_redone(recipe, tiny_teacher):
+    stage4 = ("--stage", "4", "--stop_stage", "4")
+    p = kd_sh(recipe, tiny_teacher, *stage4)
+    assert p.returncode == 0, p.out
+    frames = recipe / "soft" / "frame_posteriors_tiny"
+    assert json.loads((frames / "dump_info.json").read_text())["utterances"] == 6
+    # a complete N-best dir (merged nbest.jsonl): the CTC teacher could not make one, so a run would fail
+    nbest = recipe / "soft" / "nbest_tiny"
+    nbest.mkdir()
+    (nbest / "nbest.1.jsonl").write_text("")
+    (nbest / "nbest.jsonl").write_text("")
+    before = mtimes(recipe / "soft")
+
+    p = kd_sh(recipe, tiny_teacher, *stage4, "--nbest", "2")
+    assert p.returncode == 0, p.out
+    assert SKIPPED.format("soft/frame_posteriors_tiny") in p.out and SKIPPED.format("soft/nbest_tiny") in p.out
+    assert mtimes(recipe / "soft") == before, "nothing was rewritten"
+
+    # jobs killed before the merge: no dump_info.json, no nbest.jsonl; both are redone
+    for f in (frames / "dump_info.json", frames / "soft_labels.scp", frames / "soft_labels.2.stats.json",
+              nbest / "nbest.jsonl"):
+        f.unlink()
+    p = kd_sh(recipe, tiny_teacher, *stage4, "--nbest", "2")
+    assert "is complete" not in p.out
+    assert json.loads((frames / "dump_info.json").read_text())["utterances"] == 6
+    assert (frames / "soft_labels.1.ark").stat().st_mtime_ns > before[frames / "soft_labels.1.ark"]
+    # the N-best jobs ran (and failed: a CTC teacher has no N-best lists)
+    assert p.returncode != 0 and "N-best lists come from an ar teacher, not a ctc model" in p.out, p.out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_inference_passes_the_cuda_device_to_stages_4_and_6(recipe, tiny_teacher, tmp_path):
+    model = tmp_path / "ctc_model"  # stage 6 writes its decode dirs into the model's dir
+    shutil.copytree(tiny_teacher, model, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "csv"))
+    p = kd_sh(recipe, tiny_teacher, "--stage", "4", "--stop_stage", "4", "--gpu_inference", "true")
+    assert p.returncode != 0 and "--device cuda: CUDA is not available on this machine" in p.out, p.out
+    assert [f.name for f in (recipe / "soft" / "frame_posteriors_tiny").iterdir()] == ["log"]
+
+    stage6 = ("--stage", "6", "--stop_stage", "6", "--models", str(model))
+    p = kd_sh(recipe, tiny_teacher, *stage6, "--gpu_inference", "true")
+    assert p.returncode != 0 and "--device cuda: CUDA is not available on this machine" in p.out, p.out
+    decoded = model / "decode_ctc_greedy_tiny"
+    assert [f.name for f in decoded.iterdir()] == ["decode.log"]
+    # the default decodes on the CPU
+    p = kd_sh(recipe, tiny_teacher, *stage6)
+    assert p.returncode == 0, p.out
+    assert json.loads((decoded / "decode_info.json").read_text())["device"] == "cpu"
