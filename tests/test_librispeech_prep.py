@@ -16,6 +16,10 @@ SENTENCES = ["CHAPTER ONE MISSUS RACHEL LYNDE IS SURPRISED", "THE DOG SAT BY THE
              "HE WENT HOME EARLY THAT NIGHT", "IT WAS A VERY COLD MORNING"]
 # "19" and "103", "198" and "1240": numeric order and byte (LC_ALL=C) order disagree.
 SPEAKERS = {"19": ["198", "1240"], "103": ["1240", "1241"]}
+# the other training subsets have other readers, as the real corpus does; in byte order they
+# interleave with the first's ("103-" < "1034-" < "19-" < "2-")
+SUBSET_SPEAKERS = {"train-clean-360": {"1034": ["121", "122"], "2": ["10", "11"]},
+                   "train-other-500": {"1089": ["134686", "134691"], "20": ["205", "206"]}}
 
 pytestmark = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")),
                                 reason="needs espeak-ng and sox")
@@ -41,7 +45,7 @@ def make_corpus(root, clips, subsets=("train-clean-100", "train-clean-360", "dev
     for subset in subsets:
         expected[subset] = {}
         k = 0
-        for spk, chapters in SPEAKERS.items():
+        for spk, chapters in SUBSET_SPEAKERS.get(subset, SPEAKERS).items():
             for chap in chapters:
                 d = root / subset / spk / chap
                 d.mkdir(parents=True)
@@ -107,8 +111,45 @@ def test_train_sets_option_and_db_sh(tmp_path, recipe, clips):
                           env={"LIBRISPEECH": str(db.parent)})
     assert rc == 0, out
     data = recipe / "data"
-    assert sorted(p.name for p in data.iterdir()) == ["dev_clean", "test_clean", "train_clean_100", "train_clean_360"]
+    assert sorted(p.name for p in data.iterdir()) == ["dev_clean", "test_clean", "train_460", "train_clean_100",
+                                                      "train_clean_360"]
     assert DataDir(data / "train_clean_360").utts == c_sorted(expected["train-clean-360"])
+
+
+def test_several_training_subsets_are_combined(tmp_path, recipe, clips):
+    db = tmp_path / "LibriSpeech"
+    subsets = ("train-clean-100", "train-clean-360", "train-other-500")
+    expected = make_corpus(db, clips, subsets=subsets + ("dev-clean", "test-clean"))
+    # commas: the form that passes through kd.sh's local_data_opts in one word
+    rc, out = run_data_sh(recipe, "--librispeech", str(db), "--train_sets", ",".join(subsets), "--check_audio", "false")
+    assert rc == 0, out
+    data = recipe / "data"
+    assert sorted(p.name for p in data.iterdir()) == ["dev_clean", "test_clean", "train_960", "train_clean_100",
+                                                      "train_clean_360", "train_other_500"]
+    union = {u: v for s in subsets for u, v in expected[s].items()}
+    d = validate_data_dir(data / "train_960", require_text=True)
+    assert d.utts == c_sorted(union) and len(union) == 24
+    assert d.utts[:6] == ["103-1240-0000", "103-1240-0001", "103-1241-0000", "103-1241-0001", "1034-121-0000",
+                          "1034-121-0001"]
+    assert d.read("text") == {u: words for u, (_, words) in union.items()}
+    assert d.read("spk2utt")["1089-134686"] == "1089-134686-0000 1089-134686-0001"
+    for s in subsets:
+        part = DataDir(data / s.replace("-", "_"))
+        assert {u: d.read("wav.scp")[u] for u in part.utts} == part.read("wav.scp")
+    for f in ("wav.scp", "text", "utt2spk", "spk2utt"):
+        assert_c_sorted(d.path / f)
+    assert "combining train-clean-100 train-clean-360 train-other-500 into data/train_960" in out
+    assert ("local/data.sh: done: data/train_clean_100 data/train_clean_360 data/train_other_500 data/dev_clean "
+            "data/test_clean data/train_960\n") in out
+
+
+def test_combined_dir_needs_subsets_named_by_their_hours(tmp_path, recipe, clips):
+    db = tmp_path / "LibriSpeech"
+    make_corpus(db, clips, subsets=("train-clean-100", "dev-clean", "test-clean"))
+    rc, out = run_data_sh(recipe, "--librispeech", str(db), "--train_sets", "train-clean-100,dev-clean")
+    assert rc == 1
+    assert "cannot name the combined training dir: dev-clean does not end in its hours (-<number>)" in out
+    assert not (recipe / "data").exists()
 
 
 @pytest.mark.parametrize("how", ["option", "db.sh"])

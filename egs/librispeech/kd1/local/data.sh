@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Stage 1: Kaldi-style data dirs for LibriSpeech, run from the recipe folder:
-#     local/data.sh [--librispeech DIR] [--train_sets "train-clean-100 train-clean-360"] [--check_audio true]
+#     local/data.sh [--librispeech DIR] [--train_sets train-clean-100,train-clean-360] [--check_audio true]
 # writes data/<set> with - turned into _ (data/train_clean_100, data/dev_clean, data/test_clean, and
 # data/dev_other, data/test_other when the corpus has them), then fixes and validates each.
+# With more than one training subset it also writes their union, data/train_<hours>: <hours> is the sum
+# of the numbers that end the subsets' names (train-clean-100,train-clean-360: data/train_460; all
+# three: data/train_960); set train_set to it in conf/pipeline.conf.
 set -euo pipefail
 . ./path.sh
 . ./db.sh
 
 librispeech=${LIBRISPEECH}     # the folder holding train-clean-100/, dev-clean/, ...
-train_sets="train-clean-100"   # space-separated training subsets
+train_sets="train-clean-100"   # training subsets, comma- or space-separated (commas survive kd.sh's local_data_opts)
 check_audio=true               # open every audio file while validating (slow on the full corpus)
 help_message="Usage: $0 [options]   (run from the recipe folder; the corpus path comes from db.sh)"
 . utils/parse_options.sh
@@ -16,6 +19,21 @@ help_message="Usage: $0 [options]   (run from the recipe folder; the corpus path
 if [ $# -ne 0 ]; then
   echo "$0: unexpected argument(s): $*; see $0 --help" >&2
   exit 1
+fi
+read -ra subsets <<< "${train_sets//,/ }"
+train_sets=${subsets[*]}
+# More than one training subset: their union goes to data/train_<sum of the hours that end their names>
+combined=""
+if [ ${#subsets[@]} -gt 1 ]; then
+  hours=0
+  for s in "${subsets[@]}"; do
+    if ! [[ ${s} =~ -([0-9]+)$ ]]; then
+      echo "$0: cannot name the combined training dir: ${s} does not end in its hours (-<number>)" >&2
+      exit 1
+    fi
+    hours=$((hours + 10#${BASH_REMATCH[1]}))
+  done
+  combined=data/train_${hours}
 fi
 if [ ! -d "${librispeech}" ]; then
   echo "$0: LibriSpeech not found: '${librispeech}' does not exist." >&2
@@ -51,4 +69,10 @@ for s in ${sets}; do
   # shellcheck disable=SC2086
   python -m kdtool.bin.validate_data_dir ${validate_opts} "${dir}"
 done
-echo "$0: done:$(for s in ${sets}; do printf ' data/%s' "${s//-/_}"; done)"
+if [ -n "${combined}" ]; then
+  echo "$0: combining ${train_sets} into ${combined}"
+  # shellcheck disable=SC2046
+  python -m kdtool.bin.combine_data_dirs "${combined}" $(for s in ${train_sets}; do echo "data/${s//-/_}"; done)
+  python -m kdtool.bin.validate_data_dir --require-text "${combined}"  # its audio was checked above
+fi
+echo "$0: done:$(for s in ${sets}; do printf ' data/%s' "${s//-/_}"; done)${combined:+ ${combined}}"
