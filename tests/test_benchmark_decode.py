@@ -11,7 +11,11 @@ import pytest
 from kdtool.bin import benchmark_decode as benchmark_bin
 from kdtool.data.datadir import read_table
 from kdtool.decode import decode_dir, resolve_decode_config
+from kdtool.decode.benchmark import same_as_espnet
+from kdtool.decode.runner import build_search, decode_dataset
+from kdtool.models.load import load_trained
 from kdtool.scoring.wer import score
+from kdtool.train.dataset import SpeechDataset
 
 EXPECTED = {  # the rows of each kind, in order
     "nar": ["encoder", "ctc_greedy", "maskctc_greedy", "maskctc_beam1", "maskctc_beam5", "maskctc_beam10"],
@@ -60,6 +64,19 @@ def test_numbers_are_sane(benchmark):
             assert r["x_encoder"] > 0 and 0 <= r["wer"] <= 300
         if r["method"] in SEARCH_HEAVY:
             assert r["x_encoder"] > 1
+        # espnet's MaskCTCInference agrees with our batched greedy on every utterance
+        assert r["same_as_espnet"] == (3 if r["method"] == "maskctc_greedy" else None)
+
+
+def test_same_as_espnet_counts_disagreements(models, tiny_features):
+    trained = load_trained(models / "nar")
+    ds = SpeechDataset(tiny_features["feats"], trained.tokenizer, cmvn_path=models / "nar" / "cmvn.ark")
+    method, options = resolve_decode_config({"method": "maskctc_greedy"})
+    hyps, _ = decode_dataset(trained.model, trained.tokenizer, ds, build_search(trained.model, method, options)[0], 4)
+    assert same_as_espnet(trained.model, trained.tokenizer, ds, hyps, options, 4) == len(ds.utts)
+    first = sorted(hyps)[0]
+    hyps[first] += " X"
+    assert same_as_espnet(trained.model, trained.tokenizer, ds, hyps, options, 4) == len(ds.utts) - 1
 
 
 def test_wer_is_that_of_the_same_hypotheses_decoded_by_stage_6(benchmark, models, tiny_features, tmp_path):
@@ -81,13 +98,14 @@ def test_markdown_table(benchmark):
     lines = (out / "benchmark.md").read_text().splitlines()
     assert lines[0] == "# Decoding speed"
     table = [line for line in lines if line.startswith("| ")]
-    assert table[0] == "| model | kind | params (M) | method | RTF | x encoder | WER |"
+    assert table[0] == "| model | kind | params (M) | method | RTF | x encoder | WER | same as espnet |"
     assert len(table) == 1 + len(result["rows"])
     for line, r in zip(table[1:], result["rows"]):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[:2] == [Path(r["model_dir"]).name, r["kind"]] and cells[3] == r["method"]
         assert float(cells[4]) == pytest.approx(r["rtf"], abs=1e-4)
         assert cells[6] == ("-" if r["wer"] is None else f"{r['wer']:.2f}")
+        assert cells[7] == ("3/3" if r["method"] == "maskctc_greedy" else "-")
     assert any(line.startswith("- command: `python -m kdtool.bin.benchmark_decode") for line in lines)
 
 

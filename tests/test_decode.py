@@ -9,7 +9,6 @@ from unittest import mock
 import pytest
 import torch
 import yaml
-from espnet2.asr.maskctc_model import MaskCTCInference
 from espnet2.asr.transducer.beam_search_transducer import BeamSearchTransducer
 
 from conftest import all_blank as _all_blank, scrambled_decoder as _scrambled
@@ -19,7 +18,7 @@ from kdtool.data.datadir import read_table
 from kdtool.decode import decode_dir, resolve_decode_config
 from kdtool.decode.ar import ARBeamSearch
 from kdtool.decode.ctc import ctc_greedy_search, greedy
-from kdtool.decode.maskctc import maskctc_greedy
+from kdtool.decode.maskctc import espnet_maskctc_greedy, maskctc_greedy
 from kdtool.decode.transducer import TransducerBeamSearch, greedy_search
 from kdtool.models import ConfigError
 from kdtool.models.load import load_trained
@@ -140,13 +139,6 @@ def test_batched_method_equals_unbatched(kind, search, encoded):
     assert batched == alone and any(batched)
 
 
-def _espnet_maskctc(model, tokenizer, enc, lens, threshold, n_iterations):
-    holder = type("MaskCTC", (), {"ctc": model.ctc, "decoder": model.decoder, "mask_token": model.mask_token,
-                                  "token_list": tokenizer.tokens})
-    ref = MaskCTCInference(holder, n_iterations=n_iterations, threshold_probability=threshold)
-    return [ref(enc[b, :n]).yseq[1:-1].tolist() for b, n in enumerate(lens.tolist())]
-
-
 @pytest.mark.parametrize("threshold", [0.99, 0.9, 0.5])
 @pytest.mark.parametrize("n_iterations", [0, 1, 3, 10])
 def test_maskctc_equals_espnet_maskctc_inference(threshold, n_iterations, encoded, caplog):
@@ -155,7 +147,7 @@ def test_maskctc_equals_espnet_maskctc_inference(threshold, n_iterations, encode
     for m in (model, _scrambled(model, n_iterations)):
         with torch.no_grad():
             ours = maskctc_greedy(m, enc, lens, threshold=threshold, n_iterations=n_iterations)
-            theirs = _espnet_maskctc(m, tokenizer, enc, lens, threshold, n_iterations)
+            theirs = espnet_maskctc_greedy(m, tokenizer.tokens, enc, lens, threshold, n_iterations)
         assert ours == theirs
         assert any(ours)
 
@@ -169,7 +161,7 @@ def test_maskctc_threshold_equal_to_a_confidence_keeps_that_token_as_espnet_does
         # the best non-blank frame is its token's confidence, the highest of the utterance
         threshold = float(probs[ids != model.blank].max())
         ours = maskctc_greedy(model, enc, lens, threshold=threshold, n_iterations=10)
-        theirs = _espnet_maskctc(model, tokenizer, enc, lens, threshold, 10)
+        theirs = espnet_maskctc_greedy(model, tokenizer.tokens, enc, lens, threshold, 10)
         all_masked = maskctc_greedy(model, enc, lens, threshold=threshold + 1e-6, n_iterations=10)
     assert ours == theirs and ours != all_masked
 

@@ -7,9 +7,12 @@ of ``repeats`` runs. The ``encoder`` row runs that loop with a search that finds
 every search adds to, so ``x_encoder`` (a method's RTF over the encoder's) says what the search
 itself costs. One row per (model, method):
 
-    model_dir, kind, params, method, config, n_utts, audio_seconds, decode_seconds, rtf, x_encoder, wer
+    model_dir, kind, params, method, config, n_utts, audio_seconds, decode_seconds, rtf, x_encoder, wer,
+    same_as_espnet
 
 WER (%) is scored against the data dir's ``text`` (None without one, and for the encoder row).
+same_as_espnet, for maskctc_greedy only: how many utterances espnet2's own MaskCTCInference decodes
+to exactly the same text (run untimed, one utterance at a time, on the same encoder outputs).
 """
 import json
 import logging
@@ -19,7 +22,9 @@ import torch
 
 from kdtool.bin.score import audio_seconds
 from kdtool.data.datadir import DataDir
-from kdtool.decode.runner import METHODS, build_search, decode_dataset, resolve_decode_config, search_batch
+from kdtool.decode.maskctc import espnet_maskctc_greedy
+from kdtool.decode.runner import (METHODS, build_search, decode_dataset, hyp_text, resolve_decode_config,
+                                  search_batch)
 from kdtool.models.asr import subsampled_length
 from kdtool.models.load import load_trained
 from kdtool.scoring.results import environment
@@ -61,6 +66,23 @@ def _timed_decode(model, tokenizer, ds, search, batch_size, repeats):
     return hyps, best
 
 
+def same_as_espnet(model, tokenizer, ds, hyps, options, batch_size):
+    """How many of maskctc_greedy's ``hyps`` espnet's MaskCTCInference reproduces exactly; batches as the
+    runner makes them (longest first), so both searches see the same encoder outputs."""
+    order = sorted((u for u in ds.utts if subsampled_length(model, ds.num_frames[u]) >= 1),
+                   key=lambda u: (-ds.num_frames[u], u))
+    same = len(ds.utts) - len(order)  # too short to encode: both give nothing
+    with torch.no_grad():
+        for i in range(0, len(order), batch_size):
+            utts = order[i:i + batch_size]
+            batch = collate([ds[u] for u in utts])
+            enc, enc_lens = model.encode(batch["feats"], batch["feats_lens"])
+            ref = espnet_maskctc_greedy(model, tokenizer.tokens, enc, enc_lens, options["threshold"],
+                                        options["n_iterations"])
+            same += sum(hyp_text(tokenizer, ids) == hyps[u] for u, ids in zip(utts, ref))
+    return same
+
+
 def _methods(model, batch_size):
     """(name, config, search, batch_size) for every benchmarked method this model allows."""
     out, skipped = [], set()
@@ -96,8 +118,11 @@ def benchmark_model(model_dir, data_dir, batch_size=16, max_utts=None, repeats=1
     for name, config, search, size in searches:
         hyps, seconds = _timed_decode(model, tokenizer, ds, search, size, repeats)
         wer = score(ref, hyps).summary()["wer"] if ref is not None and name != ENCODER else None
+        same = (same_as_espnet(model, tokenizer, ds, hyps, config, size) if config.get("method") == "maskctc_greedy"
+                else None)
         rows.append({**trained.info, "method": name, "config": config, "n_utts": len(ds.utts),
-                     "audio_seconds": audio, "decode_seconds": seconds, "rtf": seconds / audio, "wer": wer})
+                     "audio_seconds": audio, "decode_seconds": seconds, "rtf": seconds / audio, "wer": wer,
+                     "same_as_espnet": same})
         logging.info("%s %s: RTF %.4f%s", model_dir, name, seconds / audio,
                      "" if wer is None else f", WER {wer:.2f}%")
     floor = rows[0]["rtf"]
@@ -126,7 +151,7 @@ def run_benchmark(model_dirs, data_dir, out_dir, batch_size=16, max_utts=None, r
     return rows
 
 
-COLUMNS = ("model", "kind", "params (M)", "method", "RTF", "x encoder", "WER")
+COLUMNS = ("model", "kind", "params (M)", "method", "RTF", "x encoder", "WER", "same as espnet")
 
 
 def markdown(rows, setup):
@@ -136,14 +161,16 @@ def markdown(rows, setup):
              f"{first['n_utts']} utterances ({first['audio_seconds']:.1f} s of audio) of `{setup['data_dir']}`, "
              f"one CPU thread, batch_size {setup['batch_size']}, the fastest of {setup['repeats']} run(s). "
              "RTF = decoding seconds / audio seconds (encoder and search, not reading features); "
-             "x encoder = RTF / the encoder-alone RTF of the same model; WER in %.", ""]
+             "x encoder = RTF / the encoder-alone RTF of the same model; WER in %; same as espnet: "
+             "utterances where espnet2's MaskCTCInference gives the same text as maskctc_greedy.", ""]
     lines += [f"- {name}: `{value}`" for name, value in setup["environment"].items()]
     if setup["command"]:
         lines += [f"- command: `{setup['command']}`"]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         cells = (Path(r["model_dir"]).name, r["kind"], f"{r['params'] / 1e6:.2f}", r["method"], f"{r['rtf']:.4f}",
-                 _fmt(r["x_encoder"]), _fmt(r["wer"]))
+                 _fmt(r["x_encoder"]), _fmt(r["wer"]),
+                 "-" if r.get("same_as_espnet") is None else f"{r['same_as_espnet']}/{r['n_utts']}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -31,6 +31,22 @@ def check_model(model):
                          f"has {'none' if decoder is None else type(decoder).__name__}")
 
 
+def espnet_maskctc_greedy(model, token_list, enc, enc_lens, threshold, n_iterations):
+    """The reference: espnet2's own ``MaskCTCInference``, one utterance at a time, on our model's CTC
+    and decoder (what a test and the benchmark compare ``maskctc_greedy`` with). B lists of token ids."""
+    from espnet2.asr.maskctc_model import MaskCTCInference  # only the comparison needs it
+
+    holder = type("MaskCTC", (), {"ctc": model.ctc, "decoder": model.decoder, "mask_token": model.mask_token,
+                                  "token_list": list(token_list)})
+    ref = MaskCTCInference(holder, n_iterations=n_iterations, threshold_probability=threshold)
+    previous = logging.getLogger().level
+    logging.getLogger().setLevel(max(previous, logging.WARNING))  # espnet logs every iteration at INFO
+    try:
+        return [ref(enc[b, :n]).yseq[1:-1].tolist() for b, n in enumerate(enc_lens.tolist())]
+    finally:
+        logging.getLogger().setLevel(previous)
+
+
 def _masked_ctc_output(probs, ids, blank, mask_token, threshold):
     """One utterance's greedy CTC tokens with the low-confidence ones replaced by <mask>."""
     tok, counts = torch.unique_consecutive(ids, return_counts=True)

@@ -190,6 +190,11 @@ def search_batch(model, search, batch):
     return ids
 
 
+def hyp_text(tokenizer, ids):
+    """A hypothesis as written to ``text``: the tokens' text, single-spaced."""
+    return " ".join(tokenizer.ids2text(ids).split())
+
+
 def decode_dataset(model, tokenizer, ds, search, batch_size):
     """({utt: text}, {utt: seconds}) for every utterance of ``ds``, ``batch_size`` at a time; a
     batch's time is that of ``search_batch`` (encoder and search, not reading the features)."""
@@ -210,7 +215,7 @@ def decode_dataset(model, tokenizer, ds, search, batch_size):
             elapsed = time.perf_counter() - start
             frames = batch["feats_lens"].tolist()
             for utt, utt_ids, n in zip(batch["utts"], ids, frames):
-                hyps[utt] = " ".join(tokenizer.ids2text(utt_ids).split())
+                hyps[utt] = hyp_text(tokenizer, utt_ids)
                 seconds[utt] = elapsed * n / sum(frames)
             bar.update(len(frames))
     return hyps, seconds
