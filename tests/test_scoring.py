@@ -235,7 +235,7 @@ def test_results_table_json_and_plots(tmp_path, monkeypatch):
                scores=[("ctc_greedy", "dev", 45.0), ("ctc_greedy", "test", 42.0)])
     fake_model(exp, "tiny_other", {**ctc, "params": 100_000}, scores=[("ctc_greedy", "test", 70.0)])
     write(exp / "ar/csv/version_0/metrics.csv", "epoch,step,train/loss,valid/loss\n0,10,5.0,\n0,19,,4.0\n1,20,3.0,\n")
-    write(exp / "stage_times.tsv", "3\t2026-11-22T01:00:00\t100\n3\t2026-11-22T02:00:00\t120\n5\tx\t60\n")
+    write(exp / "stage_times.tsv", "3\t2026-11-22T01:00:00\t100\n3\t2026-11-22T02:00:00\t120\n5\t60\n")
 
     out = tmp_path / "RESULTS.md"
     subprocess.run([sys.executable, "-m", "kdtool.bin.make_results", "--exp", "exp", "--out", str(out)],
@@ -255,7 +255,8 @@ def test_results_table_json_and_plots(tmp_path, monkeypatch):
     md = out.read_text()
     assert ("|ctc_student_kd|ctc|ctc_greedy|0.50|2.00|ar|87.5|frame+sequence (+untranscribed)|45.00|42.00|14.00|"
             "0.0100|-10.0 / +5.0|64.5|") in md
-    assert "|3|120|2.0|" in md and "|all|180|3.0|" in md  # the latest run of each stage
+    assert "|3|2026-11-22T01:00:00|100|1.7|\n|3|2026-11-22T02:00:00|120|2.0|" in md  # every run
+    assert "|all||220|3.7|" in md and "|5|" not in md  # a line that is not stage, date, seconds is skipped
     for png in ("wer_vs_params", "learning_curves"):  # linked from RESULTS.md, real PNGs beside it
         assert f"](plots/{png}.png)" in md
         assert (tmp_path / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

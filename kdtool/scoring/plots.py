@@ -22,12 +22,13 @@ def _save(fig, out_png, dpi):
 
 def plot_wer_vs_params(rows, out_png, test_set="test"):
     """One point per (model, decoding method): * a model trained from scratch (a teacher), o filled a
-    distilled student, o hollow its twin without KD; a grey line joins a student to its twin."""
+    distilled student, o hollow its twin without KD; a grey line joins a student to its twin. Points
+    carry numbers; the key beside the axes names them (names would print over each other)."""
     rows = [r for r in rows if r["test_wer"] is not None and r["params"]]
     if not rows:
         return None
     twins = {r["twin"] for r in rows}
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(11, 6))
     where = {(r["name"], r["decode"]): (r["params"] / 1e6, r["test_wer"]) for r in rows}
     for r in rows:
         x, y = where[(r["name"], r["decode"])]
@@ -39,7 +40,9 @@ def plot_wer_vs_params(rows, out_png, test_set="test"):
             ax.scatter(x, y, marker="*", s=180, color=color, zorder=3)
         else:
             ax.scatter(x, y, marker="o", s=45, zorder=3, color=color if r["kd"] else "white", edgecolors=color)
-    _label(ax, [(*where[(r["name"], r["decode"])], f"{r['name']} ({r['decode']})") for r in rows])
+    _number(ax, [where[(r["name"], r["decode"])] for r in rows])
+    key = "\n".join(f"{i:>2}  {r['name']} ({r['decode']})" for i, r in enumerate(rows, 1))
+    fig.text(0.70, 0.95, key, fontsize=7, family="monospace", va="top")
     for kind, color in KIND_COLORS.items():
         if any(r["kind"] == kind for r in rows):
             ax.scatter([], [], color=color, label=kind)
@@ -48,28 +51,31 @@ def plot_wer_vs_params(rows, out_png, test_set="test"):
     ax.scatter([], [], marker="o", color="white", edgecolors="k", label="without KD (twin)")
     ax.set_xscale("log")
     lo, hi = min(x for x, _ in where.values()), max(x for x, _ in where.values())
-    ax.set_xlim(lo / 1.5, hi * 2.5)  # room for the labels
+    ax.set_xlim(lo / 1.5, hi * 1.6)
     ax.set_xlabel("parameters (M, log scale)")
     ax.set_ylabel(f"{test_set} WER (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title("WER against model size")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.68, bottom=0.1, top=0.93)
     _save(fig, out_png, dpi=110)
     return out_png
 
 
-def _label(ax, points):
-    """Name each point; points of the same size (a student and its twins) get their labels stacked
-    top to bottom at least a line apart, joined to their points, instead of printed over each other."""
-    ys = [y for _, y, _ in points]
-    gap = max(max(ys) - min(ys), 1.0) * 0.045
-    for x in sorted({x for x, _, _ in points}):
-        column = sorted((p for p in points if p[0] == x), key=lambda p: -p[1])
+def _number(ax, points):
+    """Number the points 1..n; points of about the same size (a student, its twin, its decodings) get
+    their numbers stacked top to bottom at least a line apart, joined to their points."""
+    ys = [y for _, y in points]
+    gap = max(max(ys) - min(ys), 1.0) * 0.04
+    columns = {}
+    for i, (x, y) in enumerate(points, 1):  # sizes within 5% of each other share a column
+        key = next((k for k in columns if abs(k - x) <= 0.05 * k), x)
+        columns.setdefault(key, []).append((i, x, y))
+    for column in columns.values():
         last = None
-        for _, y, text in column:
+        for i, x, y in sorted(column, key=lambda p: -p[2]):
             ty = y if last is None else min(y, last - gap)
-            ax.annotate(text, (x, y), xytext=(x * 1.12, ty), textcoords="data", fontsize=6, va="center",
+            ax.annotate(str(i), (x, y), xytext=(x * 1.1, ty), textcoords="data", fontsize=7, va="center",
                         arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
             last = ty
 

@@ -114,16 +114,13 @@ def _table(columns, rows):
 
 
 def stage_times(exp_dir):
-    """[(stage, seconds)] from kd.sh's stage_times.tsv, the latest run of each stage."""
+    """[(stage, finished at, seconds)] from kd.sh's stage_times.tsv: every run of a stage, in order
+    (a stage rerun for some models only, or resumed after a stop, is one more line)."""
     path = Path(exp_dir) / "stage_times.tsv"
     if not path.is_file():
         return []
-    latest = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        fields = line.split("\t")
-        if len(fields) == 3 and fields[2].isdigit():
-            latest[fields[0]] = int(fields[2])
-    return sorted(latest.items())
+    runs = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+    return [(stage, when, int(sec)) for stage, when, sec in (r for r in runs if len(r) == 3) if sec.isdigit()]
 
 
 def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test", plots_dir=None):
@@ -150,9 +147,12 @@ def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test",
     lines += [""] + [f"![{p.stem}]({os.path.relpath(p, Path(out).parent)})" for p in plots if p]
     times = stage_times(exp_dir)
     if times:
-        lines += ["", "## Time of each stage (latest run)", "", "|stage|seconds|minutes|", "|---|---|---|"]
-        lines += [f"|{stage}|{sec}|{sec / 60:.1f}|" for stage, sec in times]
-        lines += [f"|all|{sum(s for _, s in times)}|{sum(s for _, s in times) / 60:.1f}|"]
+        total = sum(sec for _, _, sec in times)
+        lines += ["", "## Time of each stage", "", "Every run kd.sh recorded (exp/stage_times.tsv): a stage run again "
+                  "for some models, or resumed after a stop, is another line.", "",
+                  "|stage|finished|seconds|minutes|", "|---|---|---|---|"]
+        lines += [f"|{stage}|{when}|{sec}|{sec / 60:.1f}|" for stage, when, sec in times]
+        lines += [f"|all||{total}|{total / 60:.1f}|"]
     lines += ["", "## How each model was made", ""]
     for name in dict.fromkeys(r["name"] for r in rows):
         r = next(x for x in rows if x["name"] == name)
