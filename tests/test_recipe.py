@@ -131,6 +131,13 @@ def test_rerunning_a_stage_alone_gives_the_same_result(mini_en):
     assert (mini_en / "data/token_list/char/tokens.txt").read_text() == tokens
 
 
+def test_decoding_a_model_that_was_never_trained_fails_clearly(mini_en):
+    p = run(mini_en, "--fast", "--stage", "6", "--stop_stage", "6", "--models", "exp_fast/no_such_student",
+            check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "exp_fast/no_such_student: not a trained model (no model_info.json)" in p.stderr
+
+
 def test_unknown_option_fails_clearly(mini_en):
     p = run(mini_en, "--fast", "--no-such-option", "1", check=False)
     assert p.returncode != 0

@@ -206,6 +206,11 @@ if [ -z "${models}" ] && { in_stages 6 || in_stages 7; }; then
   models=$(find "${expdir}" -mindepth 2 -maxdepth 2 -name model.pth -printf '%h ' 2>/dev/null | xargs -n1 | sort | xargs)
 fi
 [ -n "${decode_sets}" ] || decode_sets="${valid_set} ${test_sets}"
+if in_stages 6 || in_stages 7; then
+  for model in ${models}; do
+    [ -f "${model}/model_info.json" ] || { echo "$0: ${model}: not a trained model (no model_info.json); train it or leave it out of --models" >&2; exit 1; }
+  done
+fi
 decode_dirs() {  # model -> the decode configs for its kind
   local kind; kind=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['kind'])" "$1/model_info.json")
   ls conf/decode_"${kind}"_*.yaml 2>/dev/null || true
