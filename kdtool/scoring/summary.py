@@ -96,15 +96,18 @@ def model_rows(exp_dir, dev_set, test_set):
     by_name = {r["name"]: r for r in rows}
     for row in rows:
         row["twin"] = _twin(row, rows)
-    for row in sorted(rows, key=lambda r: not r["kd"]):  # the students before their twins
-        twin = next((r for r in rows if r["name"] == row["twin"] and r["decode"] == row["decode"]), None)
+    for row in rows:
         teacher = by_name.get(row["teacher"])
-        row["compression_pct"] = row["compression_pct"] or (round(100.0 * (1 - row["params"] / teacher["params"]), 1)
-                                  if teacher and row["params"] and teacher["params"] else None)
-        if twin and twin["compression_pct"] is None:
-            twin["compression_pct"] = row["compression_pct"]  # the twin is as small as the distilled student
-        row["dev_wer_rel_pct"] = _rel(row["dev_wer"], twin and twin["dev_wer"])
-        row["test_wer_rel_pct"] = _rel(row["test_wer"], twin and twin["test_wer"])
+        if teacher and row["params"] and teacher["params"]:
+            row["compression_pct"] = round(100.0 * (1 - row["params"] / teacher["params"]), 1)
+    for row in rows:
+        twin = next((r for r in rows if r["name"] == row["twin"] and r["decode"] == row["decode"]), None)
+        if twin is None:
+            continue
+        if twin["compression_pct"] is None:  # the twin is as small as the distilled student
+            twin["compression_pct"] = row["compression_pct"]
+        row["dev_wer_rel_pct"] = _rel(row["dev_wer"], twin["dev_wer"])
+        row["test_wer_rel_pct"] = _rel(row["test_wer"], twin["test_wer"])
     # families: a teacher with everything distilled from it (a twin joins its distilled versions' family)
     family = {r["name"]: _root(r, by_name)["name"] for r in rows}
     for row in rows:
