@@ -321,3 +321,30 @@ def test_cuda_decodes_as_the_cpu_does(kind, config, name, models, tiny_features,
     gpu = run_decode(models / kind, data, config, tmp_path / "gpu", "--device", "cuda")
     assert texts(gpu) == texts(cpu)
     assert json.loads((gpu / "decode_info.json").read_text())["device"].startswith("cuda:")
+
+
+def test_skip_up_to_date_decodes_again_only_when_weights_features_or_config_change(models, tiny_features, tmp_path,
+                                                                                    capsys):
+    data, model_dir = tiny_features["feats"], tmp_path / "ctc"
+    shutil.copytree(models / "ctc", model_dir)
+    out = tmp_path / "dec"
+
+    def decode(config):
+        run_decode(model_dir, data, config, out, "--skip_up_to_date")
+        return "up to date" in capsys.readouterr().out
+
+    assert not decode({"method": "ctc_greedy"})  # nothing there yet
+    (out / "text").write_text("marker\n")  # a skipped decode leaves the dir as it is
+    assert decode({"method": "ctc_greedy"}) and (out / "text").read_text() == "marker\n"
+    assert not decode({"method": "ctc_greedy", "batch_size": 3})  # another config
+    assert decode({"method": "ctc_greedy", "batch_size": 3})
+    state = torch.load(model_dir / "model.pth", weights_only=True)
+    state["ctc.ctc_lo.bias"] += 1.0
+    torch.save(state, model_dir / "model.pth")  # retrained weights
+    assert not decode({"method": "ctc_greedy", "batch_size": 3})
+    info = json.loads((out / "decode_info.json").read_text())
+    assert info["inputs"]["config"] == {"method": "ctc_greedy", "batch_size": 3}
+    assert len(info["inputs"]["model_sha256"]) == 64 and len(info["inputs"]["feats_scp_sha256"]) == 64
+    # without the flag a decode always runs
+    run_decode(model_dir, data, {"method": "ctc_greedy", "batch_size": 3}, out)
+    assert "up to date" not in capsys.readouterr().out

@@ -10,14 +10,15 @@ The config names a method and its options (unknown keys are an error), e.g.
     beam_size: 10
     ctc_weight: 0.3
 
-Writes text, decode_time and decode_info.json (which records the device) into --out_dir, ready for
+Writes text, decode_time and decode_info.json (which records the device and the sha256 of the weights
+and of feats.scp) into --out_dir, ready for
 ``python -m kdtool.bin.score --ref <data> <out_dir>`` (the RTF is wall time over audio: on a GPU, the
 GPU's). See kdtool/decode/runner.py for every method's options and defaults.
 """
 import argparse
 
 from kdtool.bin._common import command_line, run_main
-from kdtool.decode.runner import decode_dir, load_decode_config
+from kdtool.decode.runner import decode_dir, load_decode_config, up_to_date
 from kdtool.models.load import resolve_device
 
 
@@ -29,6 +30,9 @@ def get_parser():
     p.add_argument("--out_dir", required=True)
     p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (1: single-thread RTF)")
     p.add_argument("--device", default="cpu", help="torch device of the model: cpu, cuda or cuda:N")
+    p.add_argument("--skip_up_to_date", action="store_true",
+                   help="do nothing if --out_dir was decoded from the same weights, features and config "
+                        "(what stage 6 passes, so that a rerun decodes only what changed)")
     return p
 
 
@@ -39,6 +43,9 @@ def main():
         parser.error(f"--num_threads must be 1 or more, not {args.num_threads}")
     device = resolve_device(args.device)  # an unusable device fails before any work
     method, options = load_decode_config(args.config)  # a bad config fails before the model is loaded
+    if args.skip_up_to_date and up_to_date(args.out_dir, args.model_dir, args.data, method, options):
+        print(f"{args.out_dir}: up to date (same weights, features and config); skipped")
+        return
     info = decode_dir(args.model_dir, args.data, method, options, args.out_dir, args.num_threads,
                       command_line("kdtool.bin.decode"), device)
     print(f"{args.out_dir}: {info['utterances']} utterances decoded with {info['method']}")

@@ -12,6 +12,7 @@ are in METHODS. Writes into the output dir (each file atomically):
 On a GPU (``device`` cuda or cuda:N) the model and each batch go to the device, hypotheses come
 back as token-id lists; the timing is still wall time (so the RTF is that of the GPU).
 """
+import hashlib
 import json
 import logging
 import time
@@ -139,6 +140,31 @@ def load_decode_config(path):
     return resolve_decode_config(read_yaml(path, "decode config"), source=str(path))
 
 
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def decode_inputs(model_dir, data_dir, method, options):
+    """What a decode dir's hypotheses depend on: the weights, the features' index and the config."""
+    return {"model_sha256": _sha256(Path(model_dir) / "model.pth"),
+            "feats_scp_sha256": _sha256(Path(data_dir) / "feats.scp"),
+            "config": {"method": method, **options}}
+
+
+def up_to_date(out_dir, model_dir, data_dir, method, options):
+    """The decode_info.json of ``out_dir`` if its text was made from these inputs, else None (a
+    rerun of stage 6 skips such dirs; retrained weights or another config decode again)."""
+    info_path = Path(out_dir) / "decode_info.json"
+    if not (info_path.exists() and (Path(out_dir) / "text").exists()):
+        return None
+    info = json.loads(info_path.read_text())
+    try:
+        same = info.get("inputs") == decode_inputs(model_dir, data_dir, method, options)
+    except FileNotFoundError:
+        return None  # decode_dir reports the missing file
+    return info if same else None
+
+
 def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, command=None, device="cpu"):
     """Decode ``data_dir`` with the model of ``model_dir`` on ``device``; returns decode_info as a dict."""
     spec = METHODS[method]
@@ -161,7 +187,7 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     write_lines(out / "decode_time", (f"{u} {seconds[u]:.6f}" for u in c_sorted(seconds)))
     info = {**trained.info, "method": spec.name(options), "config": {"method": method, **options},
             "command": command, "num_threads": num_threads, "device": str(device), "utterances": len(ds),
-            "data_dir": str(data_dir)}
+            "data_dir": str(data_dir), "inputs": decode_inputs(model_dir, data_dir, method, options)}
     with atomic_open(out / "decode_info.json", "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2, ensure_ascii=False)
         f.write("\n")

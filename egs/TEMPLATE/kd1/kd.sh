@@ -201,7 +201,8 @@ if in_stages 5; then
   stage_done 5
 fi
 
-# Every trained model (a dir with model.pth) is decoded with each conf/decode_<kind>_*.yaml that fits its kind.
+# Every trained model (a dir with model.pth) is decoded with each conf/decode_<kind>_*.yaml that fits its kind;
+# a decode dir made from the same weights, features and config is skipped.
 if [ -z "${models}" ] && { in_stages 6 || in_stages 7; }; then
   models=$(find "${expdir}" -mindepth 2 -maxdepth 2 -name model.pth -printf '%h ' 2>/dev/null | xargs -n1 | sort | xargs)
 fi
@@ -224,7 +225,7 @@ if in_stages 6; then
         log "Stage 6: decoding ${x} with ${model} (${config})"
         ${infer_cmd} "${model}/decode_${name}_${x}/decode.log" \
           python -m kdtool.bin.decode --model_dir "${model}" --data "${dumpdir}/fbank/${x}" --config "${config}" \
-            --out_dir "${model}/decode_${name}_${x}" --device "${infer_device}"
+            --out_dir "${model}/decode_${name}_${x}" --device "${infer_device}" --skip_up_to_date
       done
     done
   done
