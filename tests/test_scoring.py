@@ -238,8 +238,9 @@ def test_results_table_json_and_plots(tmp_path, monkeypatch):
     write(exp / "stage_times.tsv", "3\t2026-11-22T01:00:00\t100\n3\t2026-11-22T02:00:00\t120\n5\t60\n")
 
     out = tmp_path / "RESULTS.md"
-    subprocess.run([sys.executable, "-m", "kdtool.bin.make_results", "--exp", "exp", "--out", str(out)],
-                   check=True, capture_output=True)
+    write(tmp_path / "local/results_notes.md", "The masked LM learns slowly here.\n")
+    subprocess.run([sys.executable, "-m", "kdtool.bin.make_results", "--exp", "exp", "--out", str(out),
+                    "--notes", "local/results_notes.md"], check=True, capture_output=True)
     rows = json.loads((exp / "results.json").read_text())
     assert [r["name"] for r in rows] == ["ar", "ctc_student", "ctc_student_kd", "tiny_other"]
     ar, twin, kd, other = rows
@@ -256,6 +257,8 @@ def test_results_table_json_and_plots(tmp_path, monkeypatch):
     assert ("|ctc_student_kd|ctc|ctc_greedy|0.50|2.00|ar|87.5|frame+sequence (+untranscribed)|45.00|42.00|14.00|"
             "0.0100|-10.0 / +5.0|64.5|") in md
     assert "|3|2026-11-22T01:00:00|100|1.7|\n|3|2026-11-22T02:00:00|120|2.0|" in md  # every run
+    assert "## Notes\n\n<!-- from local/results_notes.md -->\nThe masked LM learns slowly here.\n" in md
+    assert md.index("## Notes") < md.index("## Time of each stage")
     assert "|all||220|3.7|" in md and "|5|" not in md  # a line that is not stage, date, seconds is skipped
     for png in ("wer_vs_params", "learning_curves"):  # linked from RESULTS.md, real PNGs beside it
         assert f"](plots/{png}.png)" in md

@@ -123,9 +123,10 @@ def stage_times(exp_dir):
     return [(stage, when, int(sec)) for stage, when, sec in (r for r in runs if len(r) == 3) if sec.isdigit()]
 
 
-def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test", plots_dir=None):
+def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test", plots_dir=None, notes=None):
     """Write the Markdown results of ``exp_dir`` to ``out``, ``exp_dir``/results.json and the plots
-    (in ``plots_dir``, default: beside ``out``); return the summary rows."""
+    (in ``plots_dir``, default: beside ``out``); return the summary rows. ``notes``: a Markdown file
+    the recipe's maintainers write (what the numbers mean, what was tried), put under the table."""
     details = collect(exp_dir)
     rows = model_rows(exp_dir, dev_set, test_set)
     with atomic_open(Path(exp_dir) / "results.json", "w", encoding="utf-8") as f:
@@ -145,6 +146,8 @@ def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test",
               "(negative = KD helped). RTF = decoding time / audio duration, one CPU thread.", ""]
     lines += _table(SUMMARY_COLUMNS, [_summary_cells(r) for r in rows])
     lines += [""] + [f"![{p.stem}]({os.path.relpath(p, Path(out).parent)})" for p in plots if p]
+    if notes:
+        lines += ["", "## Notes", "", f"<!-- from {notes} -->", Path(notes).read_text(encoding="utf-8").strip()]
     times = stage_times(exp_dir)
     if times:
         total = sum(sec for _, _, sec in times)

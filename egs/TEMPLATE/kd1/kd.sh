@@ -52,6 +52,7 @@ chain_soft_label_types="rnnt_lattice"  # what each link's teacher dumps for its 
 decode_sets=""          # sets to decode (default: valid_set and test_sets)
 models=""               # exp dirs to decode (default: every trained model under expdir)
 results=RESULTS.md      # stage 7's table (plots go to plots/ beside it; the rows also to ${expdir}/results.json)
+results_notes=          # a Markdown file of findings written by hand (e.g. local/results_notes.md), put under the table
 
 help_message="Usage: $0 [options]   (see the option list below; recipes pass theirs from run.sh)"
 . utils/parse_options.sh
@@ -242,7 +243,7 @@ if in_stages 7; then
     done
   done
   python -m kdtool.bin.make_results --exp "${expdir}" --out "${results}" --title "$(basename "$(dirname "${PWD}")")" \
-    --dev_set "${valid_set}" --test_set "${test_sets%% *}"
+    --dev_set "${valid_set}" --test_set "${test_sets%% *}" ${results_notes:+--notes "${results_notes}"}
   stage_done 7
 fi
 
