@@ -106,6 +106,8 @@ def test_specaug_only_in_training():
     ({"model": "ar", "encoder_conf": ENC, "decoder_conf": {**DEC, "hidden": 3}}, r"decoder_conf \(transformer\): unknown key\(s\) \['hidden'\]"),
     ({"model": "ar", "encoder_conf": ENC, "decoder_conf": DEC, "joint_net_conf": {"joint_space_size": 8}}, r"only a transducer"),
     ({"model": "ar", "encoder_conf": ENC, "decoder_conf": DEC, "model_conf": {"ctc_wieght": 0.3}}, r"model_conf \(ar\): unknown key\(s\) \['ctc_wieght'\]"),
+    ({"model": "nar", "encoder_conf": ENC, "decoder_conf": DEC, "model_conf": {"embed_init": "xavier"}}, r"embed_init must be 'scaled' or 'espnet', not 'xavier'"),
+    ({"model": "ar", "encoder_conf": ENC, "decoder_conf": DEC, "model_conf": {"embed_init": "scaled"}}, r"model_conf \(ar\): unknown key\(s\) \['embed_init'\]"),
 ])
 def test_bad_configs_fail_before_training(config, message):
     with pytest.raises(ConfigError, match=message):
@@ -140,3 +142,33 @@ def test_per_utterance_weights_scale_each_utterance_loss(kind):
     if kind != "nar":  # the masking of a one-utterance batch differs from the first row of two
         first_alone = loss(None, slice(0, 1)) / 2  # losses are divided by the batch size
         assert loss(torch.tensor([3.0, 0.0])) == pytest.approx(3 * first_alone, rel=1e-4)
+
+
+def masked_lm_accuracy_after_memorizing(embed_init, steps=150):
+    """Token accuracy of a Mask-CTC decoder that learns 4 fully masked random transcripts from fixed
+    random encoder outputs (the only way to tell the masks apart is their position)."""
+    torch.manual_seed(0)
+    model = build_model({**CONFIGS["nar"], "decoder_conf": {**DEC, "num_blocks": 2},
+                         "model_conf": {"embed_init": embed_init}}, V)
+    g = torch.Generator().manual_seed(1)
+    enc, enc_lens = torch.randn(4, 30, 32, generator=g), torch.full((4,), 30)
+    ys, lens = torch.randint(1, V - 2, (4, 12), generator=g), torch.full((4,), 12)
+    ys_in = torch.full_like(ys, model.mask_token)
+    opt = torch.optim.Adam(model.decoder.parameters(), lr=1e-3)
+    for _ in range(steps):
+        logits, _ = model.decoder(enc, enc_lens, ys_in, lens)
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ys)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return (model.decoder(enc, enc_lens, ys_in, lens)[0].argmax(-1) == ys).float().mean().item()
+
+
+def test_scaled_token_embeddings_let_the_masked_lm_tell_positions_apart():
+    model = build_model(CONFIGS["nar"], V)
+    assert model.decoder.embed[0].weight.std().item() == pytest.approx(ENC["output_size"] ** -0.5, rel=0.2)
+    espnet = build_model({**CONFIGS["nar"], "model_conf": {"embed_init": "espnet"}}, V)
+    assert espnet.decoder.embed[0].weight.std().item() == pytest.approx(1.0, rel=0.2)
+    scaled, unscaled = masked_lm_accuracy_after_memorizing("scaled"), masked_lm_accuracy_after_memorizing("espnet")
+    assert scaled > 0.7 and unscaled < 0.5, (scaled, unscaled)

@@ -119,10 +119,27 @@ class ARModel(HybridModel):
 
 
 class NARModel(HybridModel):
-    """Mask-CTC: CTC plus a masked-LM decoder that refines low-confidence CTC tokens."""
+    """Mask-CTC: CTC plus a masked-LM decoder that refines low-confidence CTC tokens.
+
+    ``embed_init``: "scaled" (default) draws the decoder's token embeddings with std d^-0.5, so that
+    after the positional encoding's sqrt(d) scaling they are as large as the positional encoding;
+    "espnet" keeps torch's N(0, 1), as espnet does. Every <mask> has the same embedding, so its
+    position is all that tells one masked slot from another: at N(0, 1) the embedding is ~8x larger
+    than the position (d = 64) and the masked LM learns very slowly (measured: a decoder memorizing 4
+    fully masked utterances reached 17% token accuracy in 300 steps with N(0, 1), 90% scaled)."""
 
     kind = "nar"
     decoder_loss = "loss_mlm"
+
+    def __init__(self, vocab_size, input_size, encoder, encoder_conf, decoder_conf, specaug_conf=None,
+                 ctc_weight=0.3, lsm_weight=0.1, embed_init="scaled"):
+        super().__init__(vocab_size, input_size, encoder, encoder_conf, decoder_conf, specaug_conf, ctc_weight,
+                         lsm_weight)
+        if embed_init not in ("scaled", "espnet"):
+            raise ValueError(f"model_conf: embed_init must be 'scaled' or 'espnet', not {embed_init!r}")
+        if embed_init == "scaled":
+            embed = self.decoder.embed[0]
+            torch.nn.init.normal_(embed.weight, std=embed.embedding_dim ** -0.5)
 
     def build_decoder(self, vocab_size, decoder_conf):
         # MLMDecoder adds the <mask> slot itself: give it the vocabulary without <mask>.
