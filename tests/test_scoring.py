@@ -210,10 +210,11 @@ def fake_model(exp, name, info, config=None, scores=()):
     """An exp dir as stages 3/5 and 7 leave it: model_info.json, config.yaml, decode dirs with score.json."""
     write(exp / name / "model_info.json", json.dumps(info))
     write(exp / name / "config.yaml", json.dumps(config or {}))  # JSON is YAML
-    for method, test_set, wer in scores:
+    for method, test_set, wer, *extra in scores:  # extra: more score.json keys
         write(exp / name / f"decode_{method}_{test_set}" / "score.json",
               json.dumps({"method": method, "test_set": test_set, "wer": wer, "cer": wer / 3, "rtf": 0.01,
-                          "sub": 1, "del": 0, "ins": 0, "model_dir": f"exp/{name}", "kind": info["kind"]}))
+                          "sub": 1, "del": 0, "ins": 0, "model_dir": f"exp/{name}", "kind": info["kind"],
+                          "load_average": [0.9, 1.1], "cpu_count": 2, **(extra[0] if extra else {})}))
 
 
 def test_results_table_json_and_plots(tmp_path, monkeypatch):
@@ -232,7 +233,7 @@ def test_results_table_json_and_plots(tmp_path, monkeypatch):
                scores=[("ctc_greedy", "dev", 50.0), ("ctc_greedy", "test", 40.0)])
     fake_model(exp, "ctc_student_kd", {**ctc, "teacher": "exp/ar", "kd_terms": ["frame", "seq"]},
                {"kd_conf": {"untranscribed": True, "teacher_data": ["exp/ar/soft_labels/fb_posteriors_train"]}},
-               scores=[("ctc_greedy", "dev", 45.0), ("ctc_greedy", "test", 42.0)])
+               scores=[("ctc_greedy", "dev", 45.0), ("ctc_greedy", "test", 42.0, {"load_average": [2.2, 3.0]})])
     fake_model(exp, "tiny_other", {**ctc, "params": 100_000}, scores=[("ctc_greedy", "test", 70.0)])
     write(exp / "ar/csv/version_0/metrics.csv", "epoch,step,train/loss,valid/loss\n0,10,5.0,\n0,19,,4.0\n1,20,3.0,\n")
     write(exp / "stage_times.tsv", "3\t2026-11-22T01:00:00\t100\n3\t2026-11-22T02:00:00\t120\n5\t60\n")
@@ -255,7 +256,9 @@ def test_results_table_json_and_plots(tmp_path, monkeypatch):
     assert set(KEYS) <= set(ar)
     md = out.read_text()
     assert ("|ctc_student_kd|ctc|ctc_greedy|0.50|2.00|ar|87.5|frame+sequence (+untranscribed)|45.00|42.00|14.00|"
-            "0.0100|-10.0 / +5.0|64.5|") in md
+            "0.0100*|-10.0 / +5.0|64.5|") in md  # decoded while the cores were busy
+    assert "|ctc_student|ctc|ctc_greedy|0.50|2.00|-|87.5|-|50.00|40.00|13.33|0.0100|-|-|" in md
+    assert kd["rtf_busy"] and not twin["rtf_busy"]
     assert "|3|2026-11-22T01:00:00|100|1.7|\n|3|2026-11-22T02:00:00|120|2.0|" in md  # every run
     assert "## Notes\n\n<!-- from local/results_notes.md -->\nThe masked LM learns slowly here.\n" in md
     assert md.index("## Notes") < md.index("## Time of each stage")

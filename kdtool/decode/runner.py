@@ -15,6 +15,7 @@ back as token-id lists; the timing is still wall time (so the RTF is that of the
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -171,6 +172,7 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     device = resolve_device(device)  # an unusable device fails before any work
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)  # single-thread by default: the RTF of one CPU core
+    load_before = os.getloadavg()[0]
     try:
         trained = load_trained(model_dir, device=device)
         model, tokenizer = trained.model, trained.tokenizer
@@ -187,7 +189,9 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     write_lines(out / "decode_time", (f"{u} {seconds[u]:.6f}" for u in c_sorted(seconds)))
     info = {**trained.info, "method": spec.name(options), "config": {"method": method, **options},
             "command": command, "num_threads": num_threads, "device": str(device), "utterances": len(ds),
-            "data_dir": str(data_dir), "inputs": decode_inputs(model_dir, data_dir, method, options)}
+            "data_dir": str(data_dir), "inputs": decode_inputs(model_dir, data_dir, method, options),
+            # other work on the same cores slows decoding: make_results marks such RTFs
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpu_count": os.cpu_count()}
     with atomic_open(out / "decode_info.json", "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2, ensure_ascii=False)
         f.write("\n")

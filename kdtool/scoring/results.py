@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from kdtool.scoring.plots import plot_learning_curves, plot_wer_vs_params
-from kdtool.scoring.summary import model_rows
+from kdtool.scoring.summary import busy, model_rows
 from kdtool.utils.atomic import atomic_open
 
 SUMMARY_COLUMNS = ("model", "kind", "decode", "params (M)", "size (MB)", "teacher", "compression (%)", "KD",
@@ -74,7 +74,7 @@ def _row(path, s):
         "test set": s.get("test_set") or "-",
         "params (M)": _fmt(s.get("params"), ".2f", 1e6), "size (MB)": _fmt(s.get("size_mb"), ".2f"),
         "WER": _fmt(s.get("wer"), ".2f"), "CER": _fmt(s.get("cer"), ".2f"),
-        "S/D/I": f"{s.get('sub')}/{s.get('del')}/{s.get('ins')}", "RTF": _fmt(s.get("rtf"), ".4f"),
+        "S/D/I": f"{s.get('sub')}/{s.get('del')}/{s.get('ins')}", "RTF": _fmt(s.get("rtf"), ".4f") + ("*" if busy(s) else ""),
         "command": s.get("command") or "-",
     }
 
@@ -104,7 +104,7 @@ def _summary_cells(r):
             "teacher": r["teacher"] or "-", "compression (%)": _fmt(r["compression_pct"], ".1f"),
             "KD": "+".join(r["kd"]) + (" (+untranscribed)" if r["untranscribed"] else "") or "-", "dev WER": _fmt(r["dev_wer"], ".2f"),
             "test WER": _fmt(r["test_wer"], ".2f"), "test CER": _fmt(r["test_cer"], ".2f"),
-            "RTF": _fmt(r["rtf"], ".4f"), "WER vs twin (rel. %)": rel,
+            "RTF": _fmt(r["rtf"], ".4f") + ("*" if r["rtf_busy"] else ""), "WER vs twin (rel. %)": rel,
             "soft labels (B/frame)": _fmt(r["soft_label_bytes_per_frame"], ".1f")}
 
 
@@ -143,7 +143,8 @@ def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test",
     lines += ["", f"## Models ({exp_dir}; dev = {dev_set}, test = {test_set})", "",
               "WER and CER in %. compression: parameters saved against the model's teacher. "
               "WER vs twin: relative change of dev / test WER against the same student trained without KD "
-              "(negative = KD helped). RTF = decoding time / audio duration, one CPU thread.", ""]
+              "(negative = KD helped). RTF = decoding time / audio duration, one CPU thread; * = decoded while other "
+              "work kept every core busy (load average above the CPU count), so the RTF is inflated.", ""]
     lines += _table(SUMMARY_COLUMNS, [_summary_cells(r) for r in rows])
     lines += [""] + [f"![{p.stem}]({os.path.relpath(p, Path(out).parent)})" for p in plots if p]
     if notes:

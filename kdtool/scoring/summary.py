@@ -54,6 +54,13 @@ def _scores(model_dir):
     return out
 
 
+def busy(score):
+    """Whether a decode ran while other work kept the machine's cores busy (1-minute load average,
+    at its start or end, above the CPU count: the decode shared a core, its RTF is inflated)."""
+    load, cpus = score.get("load_average"), score.get("cpu_count")
+    return bool(load and cpus and max(load) > cpus)
+
+
 def _twin(row, rows):
     """The same student trained without KD: a KD-free row of the same kind, size and decoding method
     (the one sharing the longest name prefix when several match)."""
@@ -88,7 +95,7 @@ def model_rows(exp_dir, dev_set, test_set):
                 "kd": [KD_TERM_NAMES.get(t, t) for t in kd_terms], "twin": None,
                 "untranscribed": bool(kd_terms and kd_conf.get("untranscribed")),
                 "decode": decode, "dev_wer": dev.get("wer"), "test_wer": test.get("wer"),
-                "test_cer": test.get("cer"), "rtf": test.get("rtf"),
+                "test_cer": test.get("cer"), "rtf": test.get("rtf"), "rtf_busy": busy(test),
                 "soft_label_bytes_per_frame": _bytes_per_frame(config) if teacher else None,
                 "config": _config_path(model_dir, info), "command": info.get("command"),
                 "compression_pct": None, "dev_wer_rel_pct": None, "test_wer_rel_pct": None,
