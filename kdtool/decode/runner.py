@@ -12,7 +12,6 @@ are in METHODS. Writes into the output dir (each file atomically):
 On a GPU (``device`` cuda or cuda:N) the model and each batch go to the device, hypotheses come
 back as token-id lists; the timing is still wall time (so the RTF is that of the GPU).
 """
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from kdtool.models.asr import subsampled_length
 from kdtool.models.load import load_trained, model_device, resolve_device
 from kdtool.train.dataset import SpeechDataset, collate
 from kdtool.utils.atomic import atomic_open, write_lines
+from kdtool.utils.files import file_sha256
 
 
 def _needs_ctc(model):
@@ -141,29 +141,23 @@ def load_decode_config(path):
     return resolve_decode_config(read_yaml(path, "decode config"), source=str(path))
 
 
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def decode_inputs(model_dir, data_dir, method, options):
     """What a decode dir's hypotheses depend on: the weights, the features' index and the config."""
-    return {"model_sha256": _sha256(Path(model_dir) / "model.pth"),
-            "feats_scp_sha256": _sha256(Path(data_dir) / "feats.scp"),
+    return {"model_sha256": file_sha256(Path(model_dir) / "model.pth"),
+            "feats_scp_sha256": file_sha256(Path(data_dir) / "feats.scp"),
             "config": {"method": method, **options}}
 
 
 def up_to_date(out_dir, model_dir, data_dir, method, options):
-    """The decode_info.json of ``out_dir`` if its text was made from these inputs, else None (a
-    rerun of stage 6 skips such dirs; retrained weights or another config decode again)."""
+    """Whether ``out_dir``'s text was made from these inputs (a rerun of stage 6 skips such dirs;
+    retrained weights or another config decode again)."""
     info_path = Path(out_dir) / "decode_info.json"
     if not (info_path.exists() and (Path(out_dir) / "text").exists()):
-        return None
-    info = json.loads(info_path.read_text())
+        return False
     try:
-        same = info.get("inputs") == decode_inputs(model_dir, data_dir, method, options)
+        return json.loads(info_path.read_text()).get("inputs") == decode_inputs(model_dir, data_dir, method, options)
     except FileNotFoundError:
-        return None  # decode_dir reports the missing file
-    return info if same else None
+        return False  # decode_dir reports the missing file
 
 
 def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, command=None, device="cpu"):
@@ -175,6 +169,7 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     load_before = os.getloadavg()[0]
     try:
         trained = load_trained(model_dir, device=device)
+        inputs = decode_inputs(model_dir, data_dir, method, options)  # the weights as loaded, before decoding
         model, tokenizer = trained.model, trained.tokenizer
         search, batch_size = build_search(model, method, options)  # before reading any features
         ds = SpeechDataset(data_dir, tokenizer, cmvn_path=Path(model_dir) / "cmvn.ark", require_text=False)
@@ -189,7 +184,7 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     write_lines(out / "decode_time", (f"{u} {seconds[u]:.6f}" for u in c_sorted(seconds)))
     info = {**trained.info, "method": spec.name(options), "config": {"method": method, **options},
             "command": command, "num_threads": num_threads, "device": str(device), "utterances": len(ds),
-            "data_dir": str(data_dir), "inputs": decode_inputs(model_dir, data_dir, method, options),
+            "data_dir": str(data_dir), "inputs": inputs,
             # other work on the same cores slows decoding: make_results marks such RTFs
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpu_count": os.cpu_count()}
     with atomic_open(out / "decode_info.json", "w", encoding="utf-8") as f:

@@ -36,7 +36,6 @@ A job writes its ark and scp under temporary names and renames them when complet
 then scp), and any stale merged ``soft_labels.scp`` is removed when a job starts, so a killed
 stage never leaves an scp that a reader could take for complete.
 """
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -47,6 +46,7 @@ import torch
 
 from kdtool.data.datadir import c_sorted, read_table, write_table
 from kdtool.utils.atomic import atomic_open
+from kdtool.utils.files import file_sha256
 
 FORMAT_VERSION = 1
 FRAME_TYPES = ("frame_posteriors", "fb_posteriors")
@@ -68,7 +68,7 @@ class MissingSoftLabelError(SoftLabelError, KeyError):
 
 
 def tokens_sha256(tokens_path):
-    return hashlib.sha256(Path(tokens_path).read_bytes()).hexdigest()
+    return file_sha256(tokens_path)
 
 
 def to_topk(probs, k):

@@ -33,6 +33,7 @@ ENCODER_DEFAULTS = {
 }
 DECODERS = {"transformer": TransformerDecoder, "mlm": MLMDecoder, "rnn": TransducerDecoder}
 IGNORE_ID = -1
+EMBED_INITS = ("scaled", "espnet")  # a Mask-CTC decoder's token embeddings (NARModel)
 
 
 class ASRModel(torch.nn.Module):
@@ -135,9 +136,7 @@ class NARModel(HybridModel):
                  ctc_weight=0.3, lsm_weight=0.1, embed_init="scaled"):
         super().__init__(vocab_size, input_size, encoder, encoder_conf, decoder_conf, specaug_conf, ctc_weight,
                          lsm_weight)
-        if embed_init not in ("scaled", "espnet"):
-            raise ValueError(f"model_conf: embed_init must be 'scaled' or 'espnet', not {embed_init!r}")
-        if embed_init == "scaled":
+        if embed_init == "scaled":  # build_model has checked it is one of EMBED_INITS
             embed = self.decoder.embed[0]
             torch.nn.init.normal_(embed.weight, std=embed.embedding_dim ** -0.5)
 

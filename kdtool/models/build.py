@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from kdtool.models.asr import MODEL_CLASSES, ENCODERS, DECODERS
+from kdtool.models.asr import EMBED_INITS, MODEL_CLASSES, ENCODERS, DECODERS
 
 MODEL_KEYS = {"model", "encoder", "encoder_conf", "decoder", "decoder_conf", "joint_net_conf", "specaug_conf",
               "model_conf"}
@@ -79,8 +79,9 @@ def build_model(config, vocab_size, input_size=80):
     _check_kwargs(f"model_conf ({kind})", cls, model_conf,
                   skip=("vocab_size", "input_size", "encoder", "encoder_conf", "decoder_conf", "joint_net_conf",
                         "specaug_conf"))
-    if model_conf.get("embed_init", "scaled") not in ("scaled", "espnet"):
-        raise ConfigError(f"model_conf: embed_init must be 'scaled' or 'espnet', not {model_conf['embed_init']!r}")
+    if model_conf.get("embed_init", EMBED_INITS[0]) not in EMBED_INITS:
+        raise ConfigError(f"model_conf: embed_init must be {' or '.join(map(repr, EMBED_INITS))}, "
+                          f"not {model_conf['embed_init']!r}")
     extra = {"joint_net_conf": dict(config.get("joint_net_conf") or {})} if kind == "transducer" else {}
     if DECODER_OF_KIND[kind] is not None:
         extra["decoder_conf"] = dec_conf
