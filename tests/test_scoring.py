@@ -276,3 +276,13 @@ def test_make_results_without_scores(tmp_path):
     with pytest.raises(ValueError, match="no score.json found"):
         write_results(tmp_path, tmp_path / "RESULTS.md")
     assert not (tmp_path / "RESULTS.md").exists()
+
+
+def test_missing_notes_file_is_a_one_line_error_before_any_output(tmp_path):
+    fake_model(tmp_path / "exp", "ctc_student", {"kind": "ctc", "params": 1000, "size_mb": 0.004},
+               scores=[("ctc_greedy", "test", 40.0)])
+    p = subprocess.run([sys.executable, "-m", "kdtool.bin.make_results", "--exp", str(tmp_path / "exp"),
+                        "--out", str(tmp_path / "RESULTS.md"), "--notes", str(tmp_path / "no_notes.md")],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "no_notes.md" in p.stderr
+    assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "exp/results.json").exists()

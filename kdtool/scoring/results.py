@@ -127,6 +127,8 @@ def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test",
     """Write the Markdown results of ``exp_dir`` to ``out``, ``exp_dir``/results.json and the plots
     (in ``plots_dir``, default: beside ``out``); return the summary rows. ``notes``: a Markdown file
     the recipe's maintainers write (what the numbers mean, what was tried), put under the table."""
+    # read first: a wrong --notes path fails before any output is written
+    notes_text = Path(notes).read_text(encoding="utf-8").strip() if notes else None
     details = collect(exp_dir)
     rows = model_rows(exp_dir, dev_set, test_set)
     with atomic_open(Path(exp_dir) / "results.json", "w", encoding="utf-8") as f:
@@ -148,7 +150,7 @@ def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test",
     lines += _table(SUMMARY_COLUMNS, [_summary_cells(r) for r in rows])
     lines += [""] + [f"![{p.stem}]({os.path.relpath(p, Path(out).parent)})" for p in plots if p]
     if notes:
-        lines += ["", "## Notes", "", f"<!-- from {notes} -->", Path(notes).read_text(encoding="utf-8").strip()]
+        lines += ["", "## Notes", "", f"<!-- from {notes} -->", notes_text]
     times = stage_times(exp_dir)
     if times:
         total = sum(sec for _, _, sec in times)
