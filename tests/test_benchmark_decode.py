@@ -32,11 +32,20 @@ def run_benchmark_cli(*args):
         benchmark_bin.main()
 
 
+# the recipe's decode settings: they replace the defaults, but beam and batch size stay the benchmark's
+SETTINGS = {"maskctc_greedy": "method: maskctc_greedy\nthreshold: 0.5\nn_iterations: 3\n",
+            "maskctc_beam": "method: maskctc_beam\nthreshold: 0.6\nctc_weight: 2.0\nbeam_size: 7\nbatch_size: 2\n"}
+
+
 @pytest.fixture(scope="module")
 def benchmark(models, tiny_features, tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark")
+    confs = []
+    for method, text in SETTINGS.items():
+        confs.append(out.parent / f"decode_{method}.yaml")
+        confs[-1].write_text(text)
     run_benchmark_cli("--data", tiny_features["feats"], "--out_dir", out, "--max_utts", 3, "--repeats", 2,
-                      *(models / kind for kind in EXPECTED))
+                      *(models / kind for kind in EXPECTED), "--decode_configs", *confs)
     return out, json.loads((out / "benchmark.json").read_text())
 
 
@@ -47,6 +56,13 @@ def test_rows_are_the_methods_each_kind_allows(benchmark):
     beams = [r["config"]["beam_size"] for r in result["rows"] if r["config"].get("method") == "maskctc_beam"]
     assert beams == [1, 5, 10]
     assert all(r["config"]["batch_size"] == 16 for r in result["rows"])
+    for r in result["rows"]:  # the decode configs' settings, on every row of their method
+        if r["config"].get("method") == "maskctc_greedy":
+            assert (r["config"]["threshold"], r["config"]["n_iterations"]) == (0.5, 3)
+        if r["config"].get("method") == "maskctc_beam":
+            assert (r["config"]["threshold"], r["config"]["ctc_weight"], r["config"]["n_iterations"]) == (0.6, 2.0, 10)
+    assert result["settings"] == {"maskctc_greedy": {"threshold": 0.5, "n_iterations": 3},
+                                  "maskctc_beam": {"threshold": 0.6, "ctc_weight": 2.0}}
     assert result["num_threads"] == 1 and result["max_utts"] == 3 and result["repeats"] == 2
     assert result["command"].startswith("python -m kdtool.bin.benchmark_decode --data ")
 
@@ -85,7 +101,8 @@ def test_wer_is_that_of_the_same_hypotheses_decoded_by_stage_6(benchmark, models
     ref = read_table(data / "text")
     first3 = sorted(ref)[:3]
     for kind, method in (("nar", "maskctc_beam5"), ("ar", "ctc_greedy")):
-        config = {"method": "maskctc_beam", "beam_size": 5} if method == "maskctc_beam5" else {"method": method}
+        config = ({"method": "maskctc_beam", "beam_size": 5, "threshold": 0.6, "ctc_weight": 2.0}
+                  if method == "maskctc_beam5" else {"method": method})
         decode_dir(models / kind, data, *resolve_decode_config(config), tmp_path / method)
         hyps = read_table(tmp_path / method / "text", allow_empty=True)
         wer = score({u: ref[u] for u in first3}, {u: hyps[u] for u in first3}).summary()["wer"]
@@ -98,14 +115,16 @@ def test_markdown_table(benchmark):
     lines = (out / "benchmark.md").read_text().splitlines()
     assert lines[0] == "# Decoding speed"
     table = [line for line in lines if line.startswith("| ")]
-    assert table[0] == "| model | kind | params (M) | method | RTF | x encoder | WER | same as espnet |"
+    assert table[0] == "| model | kind | params (M) | method | options | RTF | x encoder | WER | same as espnet |"
     assert len(table) == 1 + len(result["rows"])
     for line, r in zip(table[1:], result["rows"]):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[:2] == [Path(r["model_dir"]).name, r["kind"]] and cells[3] == r["method"]
-        assert float(cells[4]) == pytest.approx(r["rtf"], abs=1e-4)
-        assert cells[6] == ("-" if r["wer"] is None else f"{r['wer']:.2f}")
-        assert cells[7] == ("3/3" if r["method"] == "maskctc_greedy" else "-")
+        if r["method"] == "maskctc_greedy":
+            assert cells[4] == "threshold 0.5, n_iterations 3"
+        assert float(cells[5]) == pytest.approx(r["rtf"], abs=1e-4)
+        assert cells[7] == ("-" if r["wer"] is None else f"{r['wer']:.2f}")
+        assert cells[8] == ("3/3" if r["method"] == "maskctc_greedy" else "-")
     assert any(line.startswith("- command: `python -m kdtool.bin.benchmark_decode") for line in lines)
 
 
@@ -115,6 +134,23 @@ def test_bad_arguments(args, message, models, tiny_features, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_benchmark_cli("--data", tiny_features["feats"], "--out_dir", tmp_path / "b", *args, models / "nar")
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("texts,message", [
+    (["method: maskctc_greedy\nthreshhold: 0.5\n"], "unknown key(s) ['threshhold'] for method maskctc_greedy"),
+    (["method: maskctc_greedy\n", "method: maskctc_greedy\nthreshold: 0.3\n"],
+     "a second decode config for maskctc_greedy")])
+def test_bad_decode_configs_fail_before_any_decoding(texts, message, models, tiny_features, tmp_path, capsys):
+    confs = []
+    for i, text in enumerate(texts):
+        confs.append(tmp_path / f"decode{i}.yaml")
+        confs[-1].write_text(text)
+    with pytest.raises(SystemExit):
+        run_benchmark_cli("--data", tiny_features["feats"], "--out_dir", tmp_path / "b", models / "nar",
+                          "--decode_configs", *confs)
+    err = capsys.readouterr().err
+    assert message in err and str(confs[-1]) in err
     assert not (tmp_path / "b").exists()
 
 

@@ -26,6 +26,7 @@ from kdtool.decode.maskctc import espnet_maskctc_greedy
 from kdtool.decode.runner import (METHODS, build_search, decode_dataset, hyp_text, resolve_decode_config,
                                   search_batch)
 from kdtool.models.asr import subsampled_length
+from kdtool.models.build import ConfigError, read_yaml
 from kdtool.models.load import load_trained
 from kdtool.scoring.results import environment
 from kdtool.scoring.wer import score
@@ -83,10 +84,30 @@ def same_as_espnet(model, tokenizer, ds, hyps, options, batch_size):
     return same
 
 
-def _methods(model, batch_size):
-    """(name, config, search, batch_size) for every benchmarked method this model allows."""
+# what a row varies itself: a decode config's own values of these do not apply
+VARIED = ("batch_size", "beam_size")
+
+
+def read_settings(paths):
+    """{method: options} from decode configs (``conf/decode_*.yaml``): each file's own keys but
+    ``VARIED``, applied to every benchmarked row of its method, so that the benchmark decodes as the
+    recipe does (e.g. its Mask-CTC threshold)."""
+    settings = {}
+    for path in paths:
+        raw = read_yaml(path, "decode config")
+        method, _ = resolve_decode_config(raw, source=str(path))  # checks keys and types
+        if method in settings:
+            raise ConfigError(f"{path}: a second decode config for {method}; give one per method")
+        settings[method] = {k: v for k, v in raw.items() if k != "method" and k not in VARIED}
+    return settings
+
+
+def _methods(model, batch_size, settings=None):
+    """(name, config, search, batch_size) for every benchmarked method this model allows;
+    ``settings``: {method: options} over the defaults (``read_settings``)."""
     out, skipped = [], set()
     for method, overrides in BENCHMARK:
+        overrides = {**(settings or {}).get(method, {}), **overrides}
         if "batch_size" in METHODS[method].defaults:
             overrides = {**overrides, "batch_size": batch_size}
         method, options = resolve_decode_config({"method": method, **overrides}, source="benchmark")
@@ -101,7 +122,7 @@ def _methods(model, batch_size):
     return out
 
 
-def benchmark_model(model_dir, data_dir, batch_size=16, max_utts=None, repeats=1):
+def benchmark_model(model_dir, data_dir, batch_size=16, max_utts=None, repeats=1, settings=None):
     """Rows (dicts) for one model: the encoder floor, then each method its kind allows."""
     trained = load_trained(model_dir)
     model, tokenizer = trained.model, trained.tokenizer
@@ -114,7 +135,7 @@ def benchmark_model(model_dir, data_dir, batch_size=16, max_utts=None, repeats=1
     audio = sum(audio_seconds(ds.num_frames[u]) for u in ds.utts)
 
     rows = []
-    searches = [(ENCODER, {"batch_size": batch_size}, _no_search, batch_size)] + _methods(model, batch_size)
+    searches = [(ENCODER, {"batch_size": batch_size}, _no_search, batch_size)] + _methods(model, batch_size, settings)
     for name, config, search, size in searches:
         hyps, seconds = _timed_decode(model, tokenizer, ds, search, size, repeats)
         wer = score(ref, hyps).summary()["wer"] if ref is not None and name != ENCODER else None
@@ -131,18 +152,21 @@ def benchmark_model(model_dir, data_dir, batch_size=16, max_utts=None, repeats=1
     return rows
 
 
-def run_benchmark(model_dirs, data_dir, out_dir, batch_size=16, max_utts=None, repeats=1, command=None):
-    """Benchmark every model on one CPU thread; write benchmark.json and benchmark.md; return the rows."""
+def run_benchmark(model_dirs, data_dir, out_dir, batch_size=16, max_utts=None, repeats=1, command=None,
+                  settings=None):
+    """Benchmark every model on one CPU thread; write benchmark.json and benchmark.md; return the rows.
+    ``settings``: {method: options} over the runner's defaults (``read_settings``)."""
+    settings = settings or {}
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the RTF of one core, as stage 6 measures it
     try:
         rows = [row for model_dir in model_dirs
-                for row in benchmark_model(model_dir, data_dir, batch_size, max_utts, repeats)]
+                for row in benchmark_model(model_dir, data_dir, batch_size, max_utts, repeats, settings)]
     finally:
         torch.set_num_threads(previous_threads)
     out = Path(out_dir)
     setup = {"data_dir": str(data_dir), "batch_size": batch_size, "max_utts": max_utts, "repeats": repeats,
-             "num_threads": 1, "command": command, "environment": dict(environment())}
+             "num_threads": 1, "settings": settings, "command": command, "environment": dict(environment())}
     with atomic_open(out / "benchmark.json", "w", encoding="utf-8") as f:
         json.dump({**setup, "rows": rows}, f, indent=2, ensure_ascii=False)
         f.write("\n")
@@ -151,7 +175,7 @@ def run_benchmark(model_dirs, data_dir, out_dir, batch_size=16, max_utts=None, r
     return rows
 
 
-COLUMNS = ("model", "kind", "params (M)", "method", "RTF", "x encoder", "WER", "same as espnet")
+COLUMNS = ("model", "kind", "params (M)", "method", "options", "RTF", "x encoder", "WER", "same as espnet")
 
 
 def markdown(rows, setup):
@@ -168,7 +192,9 @@ def markdown(rows, setup):
         lines += [f"- command: `{setup['command']}`"]
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = (Path(r["model_dir"]).name, r["kind"], f"{r['params'] / 1e6:.2f}", r["method"], f"{r['rtf']:.4f}",
+        options = ", ".join(f"{k} {v}" for k, v in r["config"].items() if k not in ("method", "batch_size"))
+        cells = (Path(r["model_dir"]).name, r["kind"], f"{r['params'] / 1e6:.2f}", r["method"], options or "-",
+                 f"{r['rtf']:.4f}",
                  _fmt(r["x_encoder"]), _fmt(r["wer"]),
                  "-" if r.get("same_as_espnet") is None else f"{r['same_as_espnet']}/{r['n_utts']}")
         lines.append("| " + " | ".join(cells) + " |")
