@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -489,6 +490,37 @@ def test_a_nar_student_trains_with_every_term_through_the_cli(ar_teacher, tiny_f
     metrics = (next((exp / "csv").glob("version_*")) / "metrics.csv").read_text()
     for name in ("loss_kd_frame", "loss_kd_token", "loss_kd_seq", "loss_mlm"):
         assert f"train/{name}" in metrics
+
+
+def test_a_nar_student_learns_from_a_batch_whose_longest_utterance_is_untranscribed(ar_teacher, tiny_features,
+                                                                                   tmp_path):
+    # the masked LM then sees the transcribed rows' encoder output, padded to the untranscribed one's
+    # length: espnet's MLMDecoder does not pad its memory mask, so that padding has to go
+    t = load_trained(ar_teacher)
+    student = build_model({"model": "nar", "encoder_conf": ENC, "decoder_conf": DEC}, len(t.tokenizer)).eval()
+    base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
+    longest = max(base.utts, key=lambda u: base.num_frames[u])
+    keep = [u for u in base.utts if u != longest]
+    dirs = [subset(tiny_features["feats"], tmp_path / "trans", keep),
+            subset(tiny_features["feats"], tmp_path / "untrans", [longest], text=False)]
+    soft = SoftLabelSet([dump(ar_teacher, tiny_features["feats"], tmp_path / "frame", topk=4)],
+                        ar_teacher / "tokens" / "tokens.txt", 1.0)
+    mixed = DistillDataset(SpeechDataset(dirs, t.tokenizer, tiny_features["cmvn"], require_text=False), student,
+                           {"frame": soft})
+    batch = batch_of(mixed)
+    assert not batch["transcribed"][batch["utts"].index(longest)]
+    enc, enc_lens = student.encode(batch["feats"], batch["feats_lens"])
+    assert enc_lens[batch["transcribed"]].max() < enc.shape[1]  # the case: the subset is shorter than the batch
+    np.random.seed(0)  # espnet's mask_uniform masks at random, with numpy
+    loss, stats = DistillLoss(0.3, 1.0)(student, batch)
+    np.random.seed(0)
+    idx = batch["transcribed"].nonzero().squeeze(1)
+    ys_lens = batch["ys_lens"][idx]
+    alone = student.supervised_loss(enc[idx, :int(enc_lens[idx].max())], enc_lens[idx],
+                                    batch["ys"][idx][:, :int(ys_lens.max())], ys_lens)[0]
+    assert torch.isfinite(loss) and stats["loss_sup"].item() == pytest.approx(alone.item(), rel=1e-5)
+    loss.backward()
+    assert student.decoder.embed[0].weight.grad.abs().sum() > 0
 
 
 # --------------------------------------------------------------------------- transducer lattice KD

@@ -147,6 +147,9 @@ class NARModel(HybridModel):
     def decoder_logits(self, enc, enc_lens, ys, ys_lens):
         """Masked-LM outputs for randomly masked transcripts; targets only where masked."""
         ys_in, ys_out = mask_uniform(ys, self.mask_token, self.eos, IGNORE_ID)
+        # espnet's MLMDecoder masks memory up to max(enc_lens) (its TransformerDecoder pads the mask
+        # to the memory): cut the padding a subset of a batch (e.g. its transcribed utterances) leaves
+        enc = enc[:, :int(enc_lens.max())]
         logits, _ = self.decoder(enc, enc_lens, ys_in, ys_lens)
         return logits, ys_out
 
