@@ -237,6 +237,7 @@ def test_results_table_json_and_plots(tmp_path, monkeypatch):
     fake_model(exp, "tiny_other", {**ctc, "params": 100_000}, scores=[("ctc_greedy", "test", 70.0)])
     write(exp / "ar/csv/version_0/metrics.csv", "epoch,step,train/loss,valid/loss\n0,10,5.0,\n0,19,,4.0\n1,20,3.0,\n")
     write(exp / "stage_times.tsv", "3\t2026-11-22T01:00:00\t100\n3\t2026-11-22T02:00:00\t120\n5\t60\n")
+    write(exp / "benchmark_decode/benchmark.md", "# Decoding speed\n\n| model | RTF |\n|---|---|\n| ar | 0.1 |\n")
 
     out = tmp_path / "RESULTS.md"
     write(tmp_path / "local/results_notes.md", "The masked LM learns slowly here.\n")
@@ -262,6 +263,9 @@ def test_results_table_json_and_plots(tmp_path, monkeypatch):
     assert "|3|2026-11-22T01:00:00|100|1.7|\n|3|2026-11-22T02:00:00|120|2.0|" in md  # every run
     assert "## Notes\n\n<!-- from local/results_notes.md -->\nThe masked LM learns slowly here.\n" in md
     assert md.index("## Notes") < md.index("## Time of each stage")
+    # the decoding benchmark (exp/ is not in git): its table, one heading down, after the notes
+    assert "## Decoding speed (exp/benchmark_decode/benchmark.md)\n\n| model | RTF |\n|---|---|\n| ar | 0.1 |\n" in md
+    assert md.index("## Notes") < md.index("## Decoding speed") < md.index("## Time of each stage")
     assert "|all||220|3.7|" in md and "|5|" not in md  # a line that is not stage, date, seconds is skipped
     for png in ("wer_vs_params", "learning_curves"):  # linked from RESULTS.md, real PNGs beside it
         assert f"](plots/{png}.png)" in md

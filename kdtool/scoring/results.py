@@ -123,6 +123,18 @@ def stage_times(exp_dir):
     return [(stage, when, int(sec)) for stage, when, sec in (r for r in runs if len(r) == 3) if sec.isdigit()]
 
 
+def benchmark_section(exp_dir):
+    """The decoding benchmark's table (``kdtool.bin.benchmark_decode --out_dir <exp>/benchmark_decode``),
+    one heading down, if it was run: exp/ is not in git, RESULTS.md is."""
+    path = Path(exp_dir) / "benchmark_decode" / "benchmark.md"
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8").strip().split("\n")
+    if text[0].startswith("# "):
+        text[0] = f"#{text[0]} ({path})"
+    return [""] + text
+
+
 def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test", plots_dir=None, notes=None):
     """Write the Markdown results of ``exp_dir`` to ``out``, ``exp_dir``/results.json and the plots
     (in ``plots_dir``, default: beside ``out``); return the summary rows. ``notes``: a Markdown file
@@ -151,6 +163,7 @@ def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test",
     lines += [""] + [f"![{p.stem}]({os.path.relpath(p, Path(out).parent)})" for p in plots if p]
     if notes:
         lines += ["", "## Notes", "", f"<!-- from {notes} -->", notes_text]
+    lines += benchmark_section(exp_dir)
     times = stage_times(exp_dir)
     if times:
         total = sum(sec for _, _, sec in times)
