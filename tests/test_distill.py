@@ -169,6 +169,41 @@ def test_init_from_teacher_first_blocks_and_name_map(tiny_teacher):
                                                                                  "ctc.ctc_lo.weight"]
 
 
+def test_slice_width_starts_a_narrower_student_from_the_teachers_leading_channels():
+    V = 12
+    conf = {"model": "transducer", "encoder_conf": {**ENC, "output_size": 32, "attention_heads": 4, "num_blocks": 2},
+            "decoder_conf": {"hidden_size": 16}, "joint_net_conf": {"joint_space_size": 16}}
+    teacher = build_model(conf, V).eval()
+    # the same architecture: the same model, so the same outputs
+    twin = build_model(conf, V).eval()
+    init_from_teacher(twin, teacher, {"slice_width": True})
+    feats, lens = torch.randn(2, 40, 80), torch.tensor([40, 31])
+    assert torch.allclose(twin.encode(feats, lens)[0], teacher.encode(feats, lens)[0])
+
+    narrow = build_model({**conf, "encoder_conf": {**conf["encoder_conf"], "output_size": 16, "linear_units": 32,
+                                                    "num_blocks": 1},
+                          "decoder_conf": {"hidden_size": 8}, "joint_net_conf": {"joint_space_size": 8}}, V)
+    copied = init_from_teacher(narrow, teacher, {"slice_width": True})
+    s, t = narrow.state_dict(), teacher.state_dict()
+    assert set(copied) == set(s) and not any(k.startswith("encoder.encoders.1.") for k in copied)
+    w = "encoder.encoders.0.feed_forward.w_1.weight"  # plain: the leading rows and columns
+    assert torch.equal(s[w], t[w][:32, :16])
+    lstm = next(k for k in s if k.endswith("weight_hh_l0"))  # gate by gate: [4 x 16, 16] -> [4 x 8, 8]
+    for gate in range(4):
+        assert torch.equal(s[lstm][gate * 8:(gate + 1) * 8], t[lstm][gate * 16:gate * 16 + 8, :8])
+    q = "encoder.encoders.0.self_attn.linear_q.weight"  # head by head: 4 heads of 8 -> 4 heads of 4
+    out = "encoder.encoders.0.self_attn.linear_out.weight"
+    for head in range(4):
+        assert torch.equal(s[q][head * 4:(head + 1) * 4], t[q][head * 8:head * 8 + 4, :16])
+        assert torch.equal(s[out][:, head * 4:(head + 1) * 4], t[out][:16, head * 8:head * 8 + 4])
+
+    wide = build_model({**conf, "encoder_conf": {**conf["encoder_conf"], "output_size": 64}}, V)
+    with pytest.raises(ConfigError, match=r"slice_width: student encoder\.embed\.\S+ \[.*\] is not a part of"):
+        init_from_teacher(wide, teacher, {"slice_width": True})
+    with pytest.raises(ConfigError, match=r"leave out \['first_n_blocks'\]"):
+        init_from_teacher(narrow, teacher, {"slice_width": True, "first_n_blocks": 1})
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "kdtool.bin.distill", *map(str, args)], capture_output=True,
                           text=True, env=ENV, timeout=300)

@@ -41,7 +41,8 @@ The student config is a training config (kdtool.train.config) plus::
                               # without that term (untranscribed ones with nothing are left out)
     init_conf:                # optional: start from the teacher's weights
       first_n_blocks: 4       # embed + the first N encoder blocks (+ CTC head if it fits), or
-      name_map: {encoder.embed: encoder.embed}   # student prefix -> teacher prefix
+      name_map: {encoder.embed: encoder.embed}   # student prefix -> teacher prefix, or
+      slice_width: true       # every parameter cut to the student's width (see kdtool.kd.init)
 """
 import copy
 import logging
