@@ -202,6 +202,8 @@ def test_slice_width_starts_a_narrower_student_from_the_teachers_leading_channel
         init_from_teacher(wide, teacher, {"slice_width": True})
     with pytest.raises(ConfigError, match=r"leave out \['first_n_blocks'\]"):
         init_from_teacher(narrow, teacher, {"slice_width": True, "first_n_blocks": 1})
+    with pytest.raises(ConfigError, match=r"slice_width: the teacher has no parameter of the student's names"):
+        init_from_teacher(narrow, torch.nn.Linear(4, 4), {"slice_width": True})
 
 
 def cli(*args):

@@ -4,9 +4,9 @@
   for a student as wide as its teacher with fewer blocks;
 - ``name_map: {student prefix: teacher prefix}``: parameters of equal shape, by name;
 - ``slice_width: true``: every parameter the teacher has under the same name, cut to the student's
-  shape (its leading rows, columns, channels; an LSTM's four gates each cut alone), for a student
-  narrower and shallower than its teacher, as a progressive chain makes them: block i starts from
-  the teacher's block i. Which channels survive is arbitrary (the first ones): a start, not a
+  shape (its leading rows, columns, channels; an LSTM's gates and an attention layer's heads each cut
+  alone, by the student's count of them), for a student narrower and shallower than its teacher, as
+  a progressive chain makes them: block i starts from the teacher's block i. Which channels survive is arbitrary (the first ones): a start, not a
   pruned model; distillation does the rest.
 """
 import torch
@@ -99,7 +99,7 @@ def _slice_width(student, s_state, t_state):
                               f"teacher's {list(t.shape)}")
         groups = _groups(student, k) if s.dim() else (1, 1)
         if any(g > 1 and (s.shape[d] % g or t.shape[d] % g) for d, g in enumerate(groups[:s.dim()])):
-            groups = (1, 1)  # different head counts: no head survives whole anyway
+            groups = (1, 1)  # the student's head count does not divide the teacher's dim: cut plainly
         copied[k] = _cut(t, s.shape, groups[:s.dim()]).clone()
     if not copied:
         raise ConfigError("init_conf: slice_width: the teacher has no parameter of the student's names "
