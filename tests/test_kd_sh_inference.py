@@ -1,5 +1,6 @@
 """kd.sh's stages 4 and 6 on a tiny CTC teacher: a complete dump is skipped on rerun, a half-done one
-is redone, and gpu_inference hands the entry points --device cuda (which fails cleanly without CUDA)."""
+is redone, and gpu_inference hands the entry points --device cuda (which fails cleanly without CUDA);
+and stage 3's trainings side by side (train_jobs)."""
 import json
 import os
 import shutil
@@ -7,6 +8,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 
 from conftest import copy_egs
 
@@ -83,3 +85,30 @@ def test_gpu_inference_passes_the_cuda_device_to_stages_4_and_6(recipe, tiny_tea
     p = kd_sh(recipe, tiny_teacher, *stage6)
     assert p.returncode == 0, p.out
     assert json.loads((decoded / "decode_info.json").read_text())["device"] == "cpu"
+
+
+def test_trainings_run_side_by_side_and_one_that_fails_fails_the_stage(recipe, tiny_features):
+    fbank = recipe / "dump" / "fbank" / "tiny"
+    fbank.unlink()
+    shutil.copytree(tiny_features["feats"], fbank)
+    shutil.copy(tiny_features["cmvn"], fbank / "cmvn.ark")
+    (recipe / "data" / "token_list").mkdir(parents=True)
+    (recipe / "data" / "token_list" / "char").symlink_to(tiny_features["tokens"])
+    good = {"model": "ctc", "encoder_conf": {"output_size": 16, "attention_heads": 2, "linear_units": 32,
+                                             "num_blocks": 1}, "max_epoch": 2, "batch_frames": 800}
+    for name, cfg in [("a", good), ("b", good), ("bad", {**good, "encoder_conf": {"num_layers": 2}})]:
+        (recipe / "conf" / f"train_{name}.yaml").write_text(yaml.safe_dump(cfg))
+    p = subprocess.run(["./kd.sh", "--stage", "3", "--stop_stage", "3", "--train_set", "tiny", "--valid_set", "tiny",
+                        "--token_type", "char", "--train_jobs", "2",
+                        "--teacher_configs", "conf/train_a.yaml conf/train_b.yaml conf/train_bad.yaml"],
+                       cwd=recipe, env=ENV, capture_output=True, text=True, timeout=600)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "1 job(s) failed" in out and "exp/bad/train.log" in out, out
+    assert "unknown key(s) ['num_layers']" in (recipe / "exp" / "bad" / "train.log").read_text()
+    spans = {}
+    for name in ("a", "b"):  # both trained, at the same time: each started before the other ended
+        assert (recipe / "exp" / name / "model.pth").is_file()
+        log = recipe / "exp" / name / "train.log"
+        elapsed = int(log.read_text().split("# Accounting: time=")[1].split()[0])
+        spans[name] = (log.stat().st_mtime - elapsed, log.stat().st_mtime)
+    assert spans["a"][0] < spans["b"][1] - 1 and spans["b"][0] < spans["a"][1] - 1, spans

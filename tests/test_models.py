@@ -73,6 +73,25 @@ def test_frame_count_does_not_depend_on_the_batch(layer, expected):
     torch.testing.assert_close(alone[0], enc[1, :expected[1]], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("encoder, layer", [("conformer", "conv2d"), ("conformer", "conv2d6"),
+                                            ("transformer", "conv2d8"), ("streaming_conformer", "conv2d")])
+def test_a_narrow_conv_front_end_keeps_frame_counts_and_exactness_with_fewer_weights(encoder, layer):
+    enc_conf = {**ENC, "input_layer": layer}
+    wide = build_model({"model": "ctc", "encoder": encoder, "encoder_conf": enc_conf}, V).eval()
+    narrow = build_model({"model": "ctc", "encoder": encoder,
+                          "encoder_conf": {**enc_conf, "subsampling_channels": 8}}, V).eval()
+    convs = [m for m in narrow.encoder.embed.conv if isinstance(m, torch.nn.Conv2d)]
+    assert {c.out_channels for c in convs} == {8} and [c.in_channels for c in convs[1:]] == [8] * (len(convs) - 1)
+    assert count_params(narrow) < count_params(wide)
+    feats, lens, _, _ = batch()
+    enc, enc_lens = narrow.encode(feats, lens)
+    assert enc_lens.tolist() == wide.encode(feats, lens)[1].tolist()
+    assert enc.shape[-1] == ENC["output_size"]
+    if encoder != "streaming_conformer":  # padding does not leak in (the streaming encoder masks its own)
+        alone, _ = narrow.encode(feats[1:, :70], lens[1:])
+        torch.testing.assert_close(alone[0], enc[1, :enc_lens[1]], rtol=1e-5, atol=1e-5)
+
+
 def test_param_count_and_size():
     model = build_model(CONFIGS["ar"], V)
     n = sum(p.numel() for p in model.parameters())
@@ -101,6 +120,8 @@ def test_specaug_only_in_training():
     ({"model": "rnn", "encoder_conf": ENC}, r"model: unknown kind 'rnn'"),
     ({"model": "ctc", "encoder": "lstm", "encoder_conf": ENC}, r"encoder: unknown 'lstm'"),
     ({"model": "ctc", "encoder_conf": {**ENC, "num_layers": 3}}, r"encoder_conf \(conformer\): unknown key\(s\) \['num_layers'\]"),
+    ({"model": "ctc", "encoder_conf": {**ENC, "subsampling_channels": 0}}, r"subsampling_channels must be a positive integer, not 0"),
+    ({"model": "ctc", "encoder_conf": {**ENC, "input_layer": "linear", "subsampling_channels": 8}}, r"subsampling_channels needs a conv2d input_layer, not 'linear'"),
     ({"model": "nar", "decoder": "transformer", "encoder_conf": ENC, "decoder_conf": DEC}, r"a nar model takes decoder: mlm"),
     ({"model": "ctc", "encoder_conf": ENC, "decoder_conf": DEC}, r"a ctc model has no decoder"),
     ({"model": "ar", "encoder_conf": ENC, "decoder_conf": {**DEC, "hidden": 3}}, r"decoder_conf \(transformer\): unknown key\(s\) \['hidden'\]"),

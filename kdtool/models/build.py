@@ -3,6 +3,7 @@
     model: ar                    # ar | nar | ctc | transducer
     encoder: conformer           # conformer | transformer
     encoder_conf: {output_size: 256, attention_heads: 4, linear_units: 1024, num_blocks: 12}
+                                 # (+ subsampling_channels: 32 for a narrow conv front-end)
     decoder: transformer         # ar: transformer; nar: mlm; transducer: rnn
     decoder_conf: {...}
     joint_net_conf: {...}        # transducer only
@@ -38,10 +39,12 @@ def read_yaml(path, what="config"):
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
-def _check_kwargs(what, cls, conf, skip=()):
-    """Reject keys the constructor does not take, with the list of those it does."""
+def _check_kwargs(what, cls, conf, skip=(), extra=()):
+    """Reject keys the constructor does not take (besides ``extra``, which kdtool handles), with the
+    list of those it does."""
     params = inspect.signature(cls.__init__).parameters
-    allowed = sorted(p for p in params if p not in ("self", *skip) and params[p].kind != params[p].VAR_KEYWORD)
+    allowed = sorted({p for p in params if p not in ("self", *skip) and params[p].kind != params[p].VAR_KEYWORD}
+                     | set(extra))
     unknown = sorted(set(conf) - set(allowed))
     if unknown:
         raise ConfigError(f"{what}: unknown key(s) {unknown}; allowed: {allowed}")
@@ -59,7 +62,15 @@ def build_model(config, vocab_size, input_size=80):
     if enc_name not in ENCODERS:
         raise ConfigError(f"encoder: unknown {enc_name!r}; choose one of {sorted(ENCODERS)}")
     enc_conf = dict(config.get("encoder_conf") or {})
-    _check_kwargs(f"encoder_conf ({enc_name})", ENCODERS[enc_name], enc_conf, skip=("input_size",))
+    _check_kwargs(f"encoder_conf ({enc_name})", ENCODERS[enc_name], enc_conf, skip=("input_size",),
+                  extra=("subsampling_channels",))
+    channels = enc_conf.get("subsampling_channels")
+    if channels is not None:
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+            raise ConfigError(f"encoder_conf: subsampling_channels must be a positive integer, not {channels!r}")
+        if not str(enc_conf.get("input_layer", "conv2d")).startswith("conv2d"):
+            raise ConfigError(f"encoder_conf: subsampling_channels needs a conv2d input_layer, "
+                              f"not {enc_conf['input_layer']!r}")
 
     dec_name = config.get("decoder", DECODER_OF_KIND[kind])
     dec_conf = dict(config.get("decoder_conf") or {})

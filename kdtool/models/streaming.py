@@ -18,7 +18,7 @@ class StreamingConformerEncoder(torch.nn.Module):
     def __init__(self, input_size, output_size=256, attention_heads=4, linear_units=1024, num_blocks=12,
                  cnn_module_kernel=15, dropout_rate=0.1, positional_dropout_rate=0.1, attention_dropout_rate=0.1,
                  input_layer="conv2d", dynamic_chunk_training=True, short_chunk_threshold=0.75,
-                 short_chunk_size=25, num_left_chunks=0):
+                 short_chunk_size=25, num_left_chunks=0, subsampling_channels=None):
         super().__init__()
         if input_layer not in SUBSAMPLING:
             raise ValueError(f"input_layer: unknown {input_layer!r}; choose one of {sorted(SUBSAMPLING)}")
@@ -31,8 +31,12 @@ class StreamingConformerEncoder(torch.nn.Module):
         # that chunk_forward is exact; our own flag decides the masks (False: causal convolutions but
         # full-context attention in training). espnet's other chunk options only serve its own forward.
         main = {"pos_enc_dropout_rate": positional_dropout_rate, "dynamic_chunk_training": True}
+        if subsampling_channels is not None and subsampling_channels < 1:
+            raise ValueError(f"subsampling_channels must be 1 or more, not {subsampling_channels}")
+        # subsampling_channels: the conv front-end's channels (default: output_size), as for kdtool's
+        # other encoders (kdtool.models.asr.narrow_subsampling says why fewer are cheaper)
         self.encoder = Encoder(input_size, [body], {"subsampling_factor": SUBSAMPLING[input_layer],
-                                                    "vgg_like": False}, main)
+                                                    "vgg_like": False, "conv_size": subsampling_channels}, main)
         self.dynamic_chunk_training = dynamic_chunk_training
         self.short_chunk_threshold = max(0.0, short_chunk_threshold)
         self.short_chunk_size = max(1, short_chunk_size)

@@ -30,6 +30,9 @@ bpe_model_type=unigram  # unigram or bpe
 # Stage 3: teachers
 teacher_configs=""      # training configs, space separated; each trains exp/<config name without train_>
 ngpu=0                  # GPUs per training job (0: CPU)
+train_jobs=1            # trainings run side by side in stages 3 and 5 (teachers, students, chains); on a CPU
+                        # each gets nproc/train_jobs threads (OMP_NUM_THREADS, unless set); with GPUs, give
+                        # each job its own (slurm.pl does; run.pl jobs would share the first one)
 gpu_inference=false     # stages 4 and 6 on a GPU: their jobs get --device cuda and run through cuda_cmd (which
                         # asks SLURM for one GPU per job); local jobs all share the first visible GPU
 # Stage 4: the teacher's knowledge, dumped once for any number of students
@@ -50,6 +53,7 @@ chain_teacher=""        # exp dir that starts every chain (e.g. exp/transducer_t
 chain_soft_label_types="rnnt_lattice"  # what each link's teacher dumps for its student
 # Stage 6-7: decoding and scoring
 decode_sets=""          # sets to decode (default: valid_set and test_sets)
+decode_jobs=1           # decodes run side by side in stage 6 (each one thread: RTFs stay single-thread ones)
 models=""               # exp dirs to decode (default: every trained model under expdir)
 results=RESULTS.md      # stage 7's table (plots go to plots/ beside it; the rows also to ${expdir}/results.json)
 results_notes=          # a Markdown file of findings written by hand (e.g. local/results_notes.md), put under the table
@@ -65,6 +69,26 @@ if [ "${token_type}" = bpe ]; then token_dir=data/token_list/bpe_${bpe_model_typ
 all_sets=$(echo ${train_sp} ${valid_set} ${test_sets} ${untrans_set} | tr " " "\n" | awk '!seen[$0]++' | tr "\n" " ")
 # stages 4 and 6: the runner and device of the teacher's and the decoders' jobs
 if ${gpu_inference}; then infer_cmd=${cuda_cmd}; infer_device=cuda; else infer_cmd=${decode_cmd}; infer_device=cpu; fi
+
+# Independent jobs side by side: bg N CMD... starts CMD in the background once fewer than N of ours
+# run; bg_wait waits for all of them and fails if any failed (each job's log says why).
+bg_pids=()
+bg() {
+  local n=$1; shift
+  while [ "$(jobs -pr | wc -l)" -ge "${n}" ]; do wait -n || true; done
+  "$@" &
+  bg_pids+=($!)
+}
+bg_wait() {
+  local pid failed=0
+  for pid in "${bg_pids[@]}"; do wait "${pid}" || failed=$((failed + 1)); done
+  bg_pids=()
+  [ "${failed}" -eq 0 ] || { log "${failed} job(s) failed; their logs are named above"; exit 1; }
+}
+if [ "${train_jobs}" -gt 1 ] && [ "${ngpu}" -eq 0 ] && [ -z "${OMP_NUM_THREADS:-}" ]; then
+  OMP_NUM_THREADS=$(( $(nproc) / train_jobs )); [ "${OMP_NUM_THREADS}" -ge 1 ] || OMP_NUM_THREADS=1
+  export OMP_NUM_THREADS
+fi
 
 # stage_done N: log how long stage N took, and keep it in ${expdir}/stage_times.tsv
 stage_begin=$(date +%s)
@@ -111,12 +135,13 @@ if in_stages 3; then
   for config in ${teacher_configs}; do
     exp=${expdir}/$(basename "${config}" .yaml | sed 's/^train_//')
     log "Stage 3: training ${exp} (${config}); log: ${exp}/train.log"
-    ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
+    bg "${train_jobs}" ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
       python -m kdtool.bin.train --config "${config}" --train_data "${dumpdir}/fbank/${train_sp}" \
         --valid_data "${dumpdir}/fbank/${valid_set}" --token_list "${token_dir}" \
         --cmvn "${dumpdir}/fbank/${train_sp}/cmvn.ark" --exp_dir "${exp}" \
         --accelerator "$([ "${ngpu}" -gt 0 ] && echo gpu || echo cpu)" --devices "$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo 1)"
   done
+  bg_wait
   stage_done 3
 fi
 
@@ -155,9 +180,12 @@ dump_knowledge() {
   done
 }
 
+# exp_of CONFIG: the exp dir a config trains
+exp_of() { echo "${expdir}/$(basename "$1" .yaml | sed 's/^train_//')"; }
+
 # distill CONFIG TEACHER SOFT_LABEL_DIR: stage 5 for one student, into exp/<config name without train_>
 distill() {
-  local exp; exp=${expdir}/$(basename "$1" .yaml | sed 's/^train_//')
+  local exp; exp=$(exp_of "$1")
   log "Stage 5: distilling ${exp} ($1) from $2; log: ${exp}/train.log"
   ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
     python -m kdtool.bin.distill --config "$1" --train_data "${dumpdir}/fbank/${train_sp}" \
@@ -185,20 +213,38 @@ if in_stages 4; then
   stage_done 4
 fi
 
+# chain_knowledge TEACHER: what a chain's student learns from TEACHER, dumped once
+chain_knowledge() {
+  [ -f "$1/soft_labels/chain.done" ] && return
+  dump_knowledge "$1" "$1/soft_labels" "${chain_soft_label_types}"
+  touch "$1/soft_labels/chain.done"
+}
+
+# run_chain A.yaml,B.yaml,...: progressive distillation; each student is the next one's teacher
+run_chain() {
+  local teacher=${chain_teacher} config
+  for config in ${1//,/ }; do
+    chain_knowledge "${teacher}"
+    distill "${config}" "${teacher}" "${teacher}/soft_labels"
+    teacher=${last_student}
+  done
+}
+
 if in_stages 5; then
+  # side by side, two jobs must not train the same exp dir (chains may share a first stage only when run one by one)
+  dups=$(for c in ${student_configs} ${chains//,/ }; do exp_of "${c}"; done | sort | uniq -d | xargs)
+  if [ -n "${dups}" ] && [ "${train_jobs}" -gt 1 ]; then
+    echo "$0: ${dups}: trained by more than one job of stage 5; with --train_jobs ${train_jobs} each student config may appear once" >&2
+    exit 1
+  fi
+  [ -z "${chains}" ] || chain_knowledge "${chain_teacher}"  # shared by every chain: dumped before they start
+  for chain in ${chains}; do  # first: a chain's stages run one after the other
+    bg "${train_jobs}" run_chain "${chain}"
+  done
   for config in ${student_configs}; do
-    distill "${config}" "${kd_teacher}" "${soft_label_dir}"
+    bg "${train_jobs}" distill "${config}" "${kd_teacher}" "${soft_label_dir}"
   done
-  # Progressive chains: each student is the next one's teacher; its knowledge is dumped on the way
-  for chain in ${chains}; do
-    teacher=${chain_teacher}
-    for config in ${chain//,/ }; do
-      [ -f "${teacher}/soft_labels/chain.done" ] || {
-        dump_knowledge "${teacher}" "${teacher}/soft_labels" "${chain_soft_label_types}"; touch "${teacher}/soft_labels/chain.done"; }
-      distill "${config}" "${teacher}" "${teacher}/soft_labels"
-      teacher=${last_student}
-    done
-  done
+  bg_wait
   stage_done 5
 fi
 
@@ -224,12 +270,13 @@ if in_stages 6; then
       name=$(basename "${config}" .yaml | sed 's/^decode_//')
       for x in ${decode_sets}; do
         log "Stage 6: decoding ${x} with ${model} (${config})"
-        ${infer_cmd} "${model}/decode_${name}_${x}/decode.log" \
+        bg "${decode_jobs}" ${infer_cmd} "${model}/decode_${name}_${x}/decode.log" \
           python -m kdtool.bin.decode --model_dir "${model}" --data "${dumpdir}/fbank/${x}" --config "${config}" \
             --out_dir "${model}/decode_${name}_${x}" --device "${infer_device}" --skip_up_to_date
       done
     done
   done
+  bg_wait
   stage_done 6
 fi
 
