@@ -44,6 +44,7 @@ soft_label_topk=8       # tokens kept per frame or position
 soft_label_temperature=1.0
 nbest=0                 # N-best lists of an AR teacher for sequence-level KD (0: none), training set + untrans_set
 nbest_beam=10
+nbest_untrans=true      # N-best lists on untrans_set too (only students that learn sequence-level KD from the pool need them)
 soft_label_dir=""       # stage 4 writes <soft_label_dir>/<type>_<set> (default: ${kd_teacher}/soft_labels)
 # Stage 5: students; each config's kd_conf names the KD terms and the dumps it learns from
 student_configs=""      # student configs (model + training + kd_conf), space separated
@@ -199,7 +200,8 @@ distill() {
 if in_stages 4; then
   dump_knowledge "${kd_teacher}" "${soft_label_dir}" "${soft_label_types}"
   if [ "${nbest}" -gt 0 ]; then
-    for x in ${train_sp} ${untrans_set}; do
+    nbest_sets=${train_sp}; ${nbest_untrans} && nbest_sets="${nbest_sets} ${untrans_set}"
+    for x in ${nbest_sets}; do
       out=${soft_label_dir}/nbest_${x}
       complete "${out}" nbest.jsonl && continue
       log "Stage 4: ${nbest}-best lists of ${kd_teacher} on ${x} -> ${out}"
