@@ -201,7 +201,8 @@ def narrow_subsampling(embed, channels):
     encoder's width, keeping its kernels, strides and parameter names. Its second convolution costs
     width^2 * 9 multiply-adds per output position over all frequency bins: at width 144 with 80
     bins that is about as much compute as six Conformer blocks (measured: 46% of the encoder's
-    training time); 32 channels make it a few percent (icefall's subsampling is narrow too)."""
+    training time); 64 channels make it a quarter of that and, on the built-in corpus, learnt as well
+    (32 did not; README)."""
     convs = [m for m in getattr(embed, "conv", []) if isinstance(m, torch.nn.Conv2d)]
     out = getattr(embed, "out", None)  # Linear, or Sequential(Linear, positional encoding)
     linear = out[0] if isinstance(out, torch.nn.Sequential) else out
