@@ -112,3 +112,13 @@ def test_trainings_run_side_by_side_and_one_that_fails_fails_the_stage(recipe, t
         elapsed = int(log.read_text().split("# Accounting: time=")[1].split()[0])
         spans[name] = (log.stat().st_mtime - elapsed, log.stat().st_mtime)
     assert spans["a"][0] < spans["b"][1] - 1 and spans["b"][0] < spans["a"][1] - 1, spans
+
+
+def test_a_student_config_twice_is_refused_when_trainings_run_side_by_side(recipe):
+    p = subprocess.run(["./kd.sh", "--stage", "5", "--stop_stage", "5", "--train_jobs", "2",
+                        "--student_configs", "conf/train_ctc_student.yaml",
+                        "--chains", "conf/train_ctc_student.yaml,conf/train_ctc_student_kd.yaml"],
+                       cwd=recipe, env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "exp/ctc_student: trained by more than one job of stage 5; with --train_jobs 2" in p.stderr
+    assert not (recipe / "exp" / "ctc_student").exists()  # refused before anything started

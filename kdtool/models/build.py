@@ -3,7 +3,7 @@
     model: ar                    # ar | nar | ctc | transducer
     encoder: conformer           # conformer | transformer
     encoder_conf: {output_size: 256, attention_heads: 4, linear_units: 1024, num_blocks: 12}
-                                 # (+ subsampling_channels: 32 for a narrow conv front-end)
+                                 # (+ subsampling_channels: 64 for a narrow conv front-end)
     decoder: transformer         # ar: transformer; nar: mlm; transducer: rnn
     decoder_conf: {...}
     joint_net_conf: {...}        # transducer only
