@@ -1,6 +1,6 @@
 """kd.sh's stages 4 and 6 on a tiny CTC teacher: a complete dump is skipped on rerun, a half-done one
 is redone, and gpu_inference hands the entry points --device cuda (which fails cleanly without CUDA);
-and stage 3's trainings side by side (train_jobs)."""
+and stage 3's trainings side by side (train_jobs), whose logs a rerun keeps."""
 import json
 import os
 import shutil
@@ -112,6 +112,15 @@ def test_trainings_run_side_by_side_and_one_that_fails_fails_the_stage(recipe, t
         elapsed = int(log.read_text().split("# Accounting: time=")[1].split()[0])
         spans[name] = (log.stat().st_mtime - elapsed, log.stat().st_mtime)
     assert spans["a"][0] < spans["b"][1] - 1 and spans["b"][0] < spans["a"][1] - 1, spans
+
+    # a rerun keeps the earlier run's log beside its own
+    first_log = (recipe / "exp" / "a" / "train.log").read_text()
+    p = subprocess.run(["./kd.sh", "--stage", "3", "--stop_stage", "3", "--train_set", "tiny", "--valid_set", "tiny",
+                        "--token_type", "char", "--teacher_configs", "conf/train_a.yaml"],
+                       cwd=recipe, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (recipe / "exp" / "a" / "train.log.1").read_text() == first_log
+    assert "already trained (model.pth); nothing to do" in (recipe / "exp" / "a" / "train.log").read_text()
 
 
 def test_a_student_config_twice_is_refused_when_trainings_run_side_by_side(recipe):

@@ -100,6 +100,14 @@ stage_done() {
   log "Stage $1 done in $((now - stage_begin)) s"
   stage_begin=${now}
 }
+# keep_log LOG: a rerun's job would overwrite LOG (run.pl truncates it); keep the earlier one as LOG.1, LOG.2, ...
+# (a resumed training's first epochs, or a finished one's whole run, are logged there)
+keep_log() {
+  local n=1
+  [ -f "$1" ] || return 0
+  while [ -e "$1.${n}" ]; do n=$((n + 1)); done
+  mv "$1" "$1.${n}"
+}
 in_stages() { [ "${stage}" -le "$1" ] && [ "${stop_stage}" -ge "$1" ]; }
 
 if in_stages 1; then
@@ -136,6 +144,7 @@ if in_stages 3; then
   for config in ${teacher_configs}; do
     exp=${expdir}/$(basename "${config}" .yaml | sed 's/^train_//')
     log "Stage 3: training ${exp} (${config}); log: ${exp}/train.log"
+    keep_log "${exp}/train.log"
     bg "${train_jobs}" ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
       python -m kdtool.bin.train --config "${config}" --train_data "${dumpdir}/fbank/${train_sp}" \
         --valid_data "${dumpdir}/fbank/${valid_set}" --token_list "${token_dir}" \
@@ -188,6 +197,7 @@ exp_of() { echo "${expdir}/$(basename "$1" .yaml | sed 's/^train_//')"; }
 distill() {
   local exp; exp=$(exp_of "$1")
   log "Stage 5: distilling ${exp} ($1) from $2; log: ${exp}/train.log"
+  keep_log "${exp}/train.log"
   ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
     python -m kdtool.bin.distill --config "$1" --train_data "${dumpdir}/fbank/${train_sp}" \
       ${untrans_set:+--untrans_data "${dumpdir}/fbank/${untrans_set}"} --valid_data "${dumpdir}/fbank/${valid_set}" \
