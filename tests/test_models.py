@@ -165,6 +165,26 @@ def test_per_utterance_weights_scale_each_utterance_loss(kind):
         assert loss(torch.tensor([3.0, 0.0])) == pytest.approx(3 * first_alone, rel=1e-4)
 
 
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_losses_stay_float32_under_bf16_mixed_precision(kind):
+    """precision: bf16-mixed (auto on a bf16 GPU) runs the layers in bf16 but every loss and posterior in
+    float32: torchaudio's rnnt_loss refuses bf16 logits, and CPU autocast leaves log_softmax in bf16."""
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[kind], V).eval()
+    feats, lens, ys, ys_lens = batch()
+    np.random.seed(0)
+    ref = model(feats, lens, ys, ys_lens)[0]
+    np.random.seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats = model(feats, lens, ys, ys_lens)
+        enc, _ = model.encode(feats, lens)
+        assert enc.dtype == torch.bfloat16 and model.ctc_log_probs(enc).dtype == torch.float32
+    assert loss.dtype == torch.float32 and all(v.dtype == torch.float32 for v in stats.values())
+    assert loss.item() == pytest.approx(ref.item(), rel=0.05)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def masked_lm_accuracy_after_memorizing(embed_init, steps=150):
     """Token accuracy of a Mask-CTC decoder that learns 4 fully masked random transcripts from fixed
     random encoder outputs (the only way to tell the masks apart is their position)."""

@@ -110,7 +110,7 @@ class DistillLoss:
         logits, ys_out = model.decoder_logits(enc[idx], enc_lens[idx], *_targets(batch, idx))
         n = logits.shape[1]  # a Mask-CTC decoder has no <eos> position: the teacher's last row goes unused
         teacher = _fit(batch["token_ids"][idx, :n], batch["token_probs"][idx, :n], n, batch, enc.device)
-        kd = hinton_kd_loss(teacher, torch.log_softmax(logits, -1), self.temperature, ys_out != IGNORE_ID)
+        kd = hinton_kd_loss(teacher, logits, self.temperature, ys_out != IGNORE_ID)
         return kd * len(idx) / len(batch["utts"])
 
     def seq_kd(self, model, enc, enc_lens, batch):

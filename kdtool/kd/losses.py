@@ -8,7 +8,7 @@ import torch
 
 def soften(logits, temperature):
     """log_softmax(logits / T). Log-probabilities work as logits (log_softmax ignores a shift)."""
-    return torch.log_softmax(logits / temperature, dim=-1)
+    return torch.log_softmax(logits.float() / temperature, dim=-1)  # float32 under bf16 autocast too
 
 
 def kl_div_soft(teacher, student_log_probs, mask):

@@ -69,7 +69,13 @@ class ASRModel(torch.nn.Module):
 
     def ctc_log_probs(self, enc):
         """Frame posteriors (log) of the CTC head: [B, T', V]."""
-        return self.ctc.log_softmax(enc)
+        with fp32(enc):
+            return self.ctc.log_softmax(enc.float())
+
+    def ctc_loss(self, enc, enc_lens, ys, ys_lens, weights=None):
+        """The CTC head's loss, summed over utterances (optionally weighted), divided by the batch size."""
+        with fp32(enc):
+            return _weighted_sum(self.ctc(enc.float(), enc_lens, ys, ys_lens), weights)
 
 
 class CTCModel(ASRModel):
@@ -81,7 +87,7 @@ class CTCModel(ASRModel):
 
     def supervised_loss(self, enc, enc_lens, ys, ys_lens, weights=None):
         """The loss of encoder outputs against transcripts (distillation adds its terms beside it)."""
-        loss = _weighted_sum(self.ctc(enc, enc_lens, ys, ys_lens), weights)
+        loss = self.ctc_loss(enc, enc_lens, ys, ys_lens, weights)
         return loss, {"loss": loss.detach(), "loss_ctc": loss.detach()}
 
 
@@ -99,7 +105,7 @@ class HybridModel(CTCModel):
         self.lsm_weight = lsm_weight
 
     def supervised_loss(self, enc, enc_lens, ys, ys_lens, weights=None):
-        loss_ctc = _weighted_sum(self.ctc(enc, enc_lens, ys, ys_lens), weights)
+        loss_ctc = self.ctc_loss(enc, enc_lens, ys, ys_lens, weights)
         logits, ys_out = self.decoder_logits(enc, enc_lens, ys, ys_lens)
         loss_dec = _weighted_sum(label_smoothing_loss(logits, ys_out, self.lsm_weight), weights)
         loss = self.ctc_weight * loss_ctc + (1 - self.ctc_weight) * loss_dec
@@ -183,13 +189,13 @@ class TransducerModel(ASRModel):
     def supervised_loss(self, enc, enc_lens, ys, ys_lens, weights=None):
         logits = self.joint_logits(enc, ys)
         targets = torch.where(ys == IGNORE_ID, self.blank, ys).int()
-        per_utt = torchaudio.functional.rnnt_loss(logits, targets, enc_lens.int(), ys_lens.int(),
+        per_utt = torchaudio.functional.rnnt_loss(logits.float(), targets, enc_lens.int(), ys_lens.int(),
                                                   blank=self.blank, reduction="none") / enc.size(0)
         loss_rnnt = _weighted_sum(per_utt, weights)
         stats = {"loss_rnnt": loss_rnnt.detach()}
         loss = loss_rnnt
         if self.ctc is not None:
-            loss_ctc = _weighted_sum(self.ctc(enc, enc_lens, ys, ys_lens), weights)
+            loss_ctc = self.ctc_loss(enc, enc_lens, ys, ys_lens, weights)
             loss = (1 - self.ctc_weight) * loss_rnnt + self.ctc_weight * loss_ctc
             stats["loss_ctc"] = loss_ctc.detach()
         stats["loss"] = loss.detach()
@@ -274,6 +280,12 @@ def subsampling_factor(model, n=100000):
     return max(1, round(n / subsampled_length(model, n)))
 
 
+def fp32(x):
+    """Autocast off for the block, on ``x``'s device: losses and posteriors are computed in float32 under
+    bf16-mixed training (on a CPU, autocast would leave log_softmax in bf16: 3 significant digits)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _weighted_sum(per_utt, weights=None):
     """Per-utterance losses (already divided by the batch size) -> their (weighted) sum."""
     return per_utt.sum() if weights is None else (per_utt * weights.to(per_utt)).sum()
@@ -284,7 +296,7 @@ def label_smoothing_loss(logits, targets, smoothing):
     one-hot target to softmax(logits), summed over the utterance's tokens, divided by the batch
     size. ``targets`` [B, L] is IGNORE_ID where a position does not count. -> [B]."""
     ignore = targets == IGNORE_ID
-    log_q = torch.log_softmax(logits, dim=-1)
+    log_q = torch.log_softmax(logits.float(), dim=-1)
     true = torch.full_like(log_q, smoothing / (logits.size(-1) - 1))
     true.scatter_(-1, targets.masked_fill(ignore, 0).unsqueeze(-1), 1 - smoothing)
     kl = (torch.special.xlogy(true, true) - true * log_q).sum(-1)

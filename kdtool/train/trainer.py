@@ -133,7 +133,7 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
     info = {"kind": model.kind, "params": count_params(model), "size_mb": round(model_size_mb(model), 3),
             "vocab_size": len(tokenizer), "input_size": int(cmvn.shape[1] - 1),
             "averaged": {Path(p).name: round(float(v), 4) for p, v in best},
-            "epochs": trainer.current_epoch, "train_minutes_this_run": round((time.time() - start) / 60, 2),
+            "epochs": trainer.current_epoch, "precision": precision, "train_minutes_this_run": round((time.time() - start) / 60, 2),
             **(extra_info or {})}
     with atomic_open(exp / "model_info.json") as f:
         json.dump(info, f, indent=2)
