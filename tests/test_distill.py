@@ -582,6 +582,26 @@ def test_lattice_kd_of_a_transducer_against_itself_is_zero(rnnt_teacher, tiny_fe
     assert DistillLoss(1.0, 1.0, {"lattice": 1.0})(other, batch)[1]["loss_kd_lattice"] > 0.1
 
 
+def test_the_rnnt_loss_and_the_lattice_term_share_one_pass_of_the_joint_network(rnnt_teacher, tiny_features, tmp_path):
+    lattice = dump(rnnt_teacher, tiny_features["feats"], tmp_path / "lat", type="rnnt_lattice")
+    t = load_trained(rnnt_teacher)
+    base = SpeechDataset(tiny_features["feats"], t.tokenizer, tiny_features["cmvn"])
+    batch = batch_of(DistillDataset(base, t.model, {"lattice": SoftLabelSet([lattice], rnnt_teacher / "tokens" /
+                                                                            "tokens.txt", 1.0)}))
+    torch.manual_seed(1)
+    student = build_model({"model": "transducer", "encoder_conf": ENC, **RNNT}, len(t.tokenizer)).eval()
+    calls = []
+    student.joint_network.register_forward_hook(lambda *_: calls.append(1))
+    loss, stats = DistillLoss(0.5, 1.0, {"lattice": 1.0})(student, batch)
+    assert len(calls) == 1
+    # the same as each term on its own joint pass
+    sup = student(batch["feats"], batch["feats_lens"], batch["ys"], batch["ys_lens"])[0]
+    lat = DistillLoss(1.0, 1.0, {"lattice": 1.0})(student, batch)[1]["loss_kd_lattice"]
+    assert len(calls) == 3 and loss.item() == pytest.approx(0.5 * sup.item() + 0.5 * lat.item(), rel=1e-5)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in student.joint_network.parameters())
+
+
 def test_lattice_dump_with_other_transcripts_is_caught(rnnt_teacher, tiny_features, tmp_path):
     lattice = dump(rnnt_teacher, tiny_features["feats"], tmp_path / "lat", type="rnnt_lattice")
     changed = tmp_path / "feats"

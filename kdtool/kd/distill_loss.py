@@ -67,10 +67,12 @@ class DistillLoss:
         B = len(batch["utts"])
         enc, enc_lens = model.encode(batch["feats"], batch["feats_lens"])
         loss, stats = enc.new_zeros(()), {}
+        self._joint = {}  # a transducer's joint logits per set of rows: the RNN-T loss and the lattice term share them
         sup = batch["transcribed"]
         if self.alpha < 1 and sup.any():
             idx = sup.nonzero().squeeze(1)
-            sup_loss, sup_stats = model.supervised_loss(enc[idx], enc_lens[idx], *_targets(batch, idx))
+            shared = {"logits": self.joint_logits(model, enc, idx, batch)} if model.kind == "transducer" else {}
+            sup_loss, sup_stats = model.supervised_loss(enc[idx], enc_lens[idx], *_targets(batch, idx), **shared)
             share = len(idx) / B  # supervised losses are per transcribed utterance; ours per utterance
             loss = loss + (1 - self.alpha) * share * sup_loss
             stats.update({k: v for k, v in sup_stats.items() if k != "loss"})
@@ -84,7 +86,15 @@ class DistillLoss:
             loss = loss + self.alpha * kd
             stats["loss_kd"] = kd.detach()
         stats["loss"] = loss.detach()
+        self._joint = {}
         return loss, stats
+
+    def joint_logits(self, model, enc, idx, batch):
+        """A transducer's joint logits for the utterances ``idx`` against their transcripts, computed once a batch."""
+        key = tuple(idx.tolist())
+        if key not in self._joint:
+            self._joint[key] = model.joint_logits(enc[idx], _targets(batch, idx)[0])
+        return self._joint[key]
 
     def frame_kd(self, model, enc, enc_lens, batch):
         log_probs = model.ctc_log_probs(enc)
@@ -133,8 +143,8 @@ class DistillLoss:
         if not rows:
             return enc.new_zeros(())
         idx = torch.tensor(rows, device=enc.device)
-        ys, ys_lens = (x.to(enc.device) for x in _targets(batch, idx))
-        logits = model.joint_logits(enc[idx], ys)
+        ys, ys_lens = _targets(batch, idx)
+        logits = self.joint_logits(model, enc, idx, batch)
         teacher = pad_lattices([batch["lattice"][b].to(enc.device) for b in rows], enc_lens[idx], ys_lens,
                                logits.shape[1], logits.shape[2])
         mask = lattice_mask(enc_lens[idx], ys_lens, logits.shape[1], logits.shape[2])

@@ -186,8 +186,10 @@ class TransducerModel(ASRModel):
         dec = self.decoder(torch.nn.functional.pad(labels, (1, 0), value=self.blank))
         return self.joint_network(enc.unsqueeze(2), dec.unsqueeze(1))
 
-    def supervised_loss(self, enc, enc_lens, ys, ys_lens, weights=None):
-        logits = self.joint_logits(enc, ys)
+    def supervised_loss(self, enc, enc_lens, ys, ys_lens, weights=None, logits=None):
+        """``logits``: ``joint_logits(enc, ys)`` where the caller has it already (distillation's lattice term
+        needs the same: the joint network is about a third of a training step)."""
+        logits = self.joint_logits(enc, ys) if logits is None else logits
         targets = torch.where(ys == IGNORE_ID, self.blank, ys).int()
         per_utt = torchaudio.functional.rnnt_loss(logits.float(), targets, enc_lens.int(), ys_lens.int(),
                                                   blank=self.blank, reduction="none") / enc.size(0)
