@@ -580,6 +580,11 @@ def test_lattice_kd_of_a_transducer_against_itself_is_zero(rnnt_teacher, tiny_fe
     assert same.item() == pytest.approx(0.0, abs=1e-4)
     other = build_model({"model": "transducer", "encoder_conf": ENC, **RNNT}, len(t.tokenizer)).eval()
     assert DistillLoss(1.0, 1.0, {"lattice": 1.0})(other, batch)[1]["loss_kd_lattice"] > 0.1
+    # weighted by the teacher's node occupancy (each weight <= 1, T + U in all): 0 again, and below all nodes'
+    occupancy = DistillLoss(1.0, 1.0, {"lattice": 1.0}, lattice_nodes="occupancy")
+    assert occupancy(t.model, batch)[1]["loss_kd_lattice"].item() == pytest.approx(0.0, abs=1e-4)
+    all_nodes = DistillLoss(1.0, 1.0, {"lattice": 1.0})(other, batch)[1]["loss_kd_lattice"]
+    assert 0 < occupancy(other, batch)[1]["loss_kd_lattice"] < all_nodes
 
 
 def test_the_rnnt_loss_and_the_lattice_term_share_one_pass_of_the_joint_network(rnnt_teacher, tiny_features, tmp_path):
@@ -620,3 +625,11 @@ def test_nbest_larger_than_the_beam_is_an_error(ar_teacher, tiny_features, tmp_p
     from kdtool.kd.nbest import dump_nbest_job
     with pytest.raises(ValueError, match=r"--nbest 5 must be in 1..beam_size \(4\)"):
         dump_nbest_job(ar_teacher, tiny_features["feats"], tmp_path / "nb", nbest=5, beam_size=4)
+
+
+def test_lattice_nodes_is_all_or_occupancy():
+    from kdtool.kd.distill import resolve_kd_conf
+    assert resolve_kd_conf({})["lattice_nodes"] == "all"
+    assert resolve_kd_conf({"lattice_nodes": "occupancy"}, "s.yaml")["lattice_nodes"] == "occupancy"
+    with pytest.raises(ConfigError, match=r"s.yaml: kd_conf: lattice_nodes must be all or occupancy, not 'best'"):
+        resolve_kd_conf({"lattice_nodes": "best"}, "s.yaml")

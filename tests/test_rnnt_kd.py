@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kdtool.kd.rnnt import (collapsed_log_probs, from_matrix, lattice_kl, lattice_mask, pad_lattices,
+from kdtool.kd.rnnt import (BLANK, collapsed_log_probs, from_matrix, lattice_kl, lattice_mask, lattice_occupancy, pad_lattices,
                             teacher_lattice_posteriors, to_matrix)
 from kdtool.models.asr import subsampled_length
 from kdtool.models.build import build_model
@@ -157,3 +157,59 @@ def test_teacher_lattice_posteriors_match_the_models_joint_logits(tiny_transduce
     teacher = pad_lattices(stored, enc_lens, ys_lens, logits.shape[1], logits.shape[2])
     mask = lattice_mask(enc_lens, ys_lens, logits.shape[1], logits.shape[2])
     assert lattice_kl(teacher, logits, ys, ys_lens, mask, temperature).abs() < 1e-4
+
+
+def brute_force_occupancy(probs, T_b, U_b):
+    """Node occupancy by enumerating every path of one lattice [T, U+1, 3] (probabilities): {(t, u): gamma}."""
+    import itertools
+    visits, total = {}, 0.0
+    for labels_at in itertools.combinations(range(T_b - 1 + U_b), U_b):  # which of the first T_b-1+U_b steps emit a label
+        t = u = 0
+        p, nodes = 1.0, []
+        for step in range(T_b - 1 + U_b):
+            nodes.append((t, u))
+            if step in labels_at:
+                p, u = p * probs[t, u, 1].item(), u + 1
+            else:
+                p, t = p * probs[t, u, 0].item(), t + 1
+        nodes.append((t, u))
+        p *= probs[t, u, 0].item()  # the final blank at (T_b-1, U_b)
+        total += p
+        for node in nodes:
+            visits[node] = visits.get(node, 0.0) + p
+    return {node: v / total for node, v in visits.items()}
+
+
+def test_lattice_occupancy_matches_path_enumeration_and_sums_to_T_plus_U():
+    teacher = collapsed_log_probs(rand_logits(6, scale=1.5), YS, YS_LENS)
+    gamma = lattice_occupancy(teacher, ENC_LENS, YS_LENS)
+    mask = lattice_mask(ENC_LENS, YS_LENS, T, U1)
+    assert (gamma[~mask] == 0).all() and (gamma >= 0).all()
+    for b in range(2):
+        T_b, U_b = int(ENC_LENS[b]), int(YS_LENS[b])
+        assert gamma[b].sum().item() == pytest.approx(T_b + U_b, rel=1e-5)
+        want = brute_force_occupancy(teacher[b].exp().double(), T_b, U_b)
+        for t in range(T_b):
+            for u in range(U_b + 1):
+                assert gamma[b, t, u].item() == pytest.approx(want.get((t, u), 0.0), abs=1e-5), (b, t, u)
+    # the start and the last node are on every path; a probability stored as 0 leaves the rest finite
+    assert gamma[0, 0, 0].item() == pytest.approx(1.0) and gamma[1, 2, 1].item() == pytest.approx(1.0)
+    zeroed = teacher.clone()
+    zeroed[0, 1, 0, BLANK] = float("-inf")
+    g = lattice_occupancy(zeroed, ENC_LENS, YS_LENS)
+    assert torch.isfinite(g).all() and g[0, 2, 0].item() == pytest.approx(0.0, abs=1e-6)  # reached only by that blank
+    assert g[0].sum().item() == pytest.approx(5 + 3, rel=1e-5)
+
+
+def test_occupancy_weighted_lattice_kl_is_zero_against_itself_and_weights_each_node():
+    s, t = rand_logits(7), rand_logits(8)
+    mask = lattice_mask(ENC_LENS, YS_LENS, T, U1)
+    teacher = collapsed_log_probs(t, YS, YS_LENS)
+    gamma = lattice_occupancy(teacher, ENC_LENS, YS_LENS)
+    assert lattice_kl(teacher, t, YS, YS_LENS, mask, node_weights=gamma).abs() < 1e-5
+    # weight one node only: the loss is that node's KL
+    one = torch.zeros_like(gamma)
+    one[0, 2, 1] = 1.0
+    p, q = teacher[0, 2, 1].exp(), collapsed_log_probs(s, YS, YS_LENS)[0, 2, 1].exp()
+    direct = (p * (p.log() - q.log())).sum().item() / 2
+    assert lattice_kl(teacher, s, YS, YS_LENS, mask, node_weights=one).item() == pytest.approx(direct, rel=1e-4)

@@ -30,6 +30,8 @@ The student config is a training config (kdtool.train.config) plus::
       seq_weight: 0.0
       lattice_weight: 0.0
       nbest_tau: 1.0          # sharpness of the N-best weights
+      lattice_nodes: all      # all: every lattice node's KL counts 1; occupancy: weighted by how often the
+                              # teacher's alignments pass the node (sums T + U nodes' worth, not T * (U+1))
       frame_labels: fb_posteriors     # with --soft_label_dir: the stage-4 dumps that feed each term are
       untrans_labels: frame_posteriors  # <dir>/<name>_<set>: frame_labels_<training set>,
                               # untrans_labels_<untranscribed set>, token_posteriors_<set>,
@@ -64,7 +66,7 @@ from kdtool.train.trainer import train
 
 TERMS = ("frame", "token", "seq", "lattice")
 KD_DEFAULTS = {"alpha": 0.5, "temperature": 1.0, "frame_weight": 1.0, "token_weight": 0.0, "seq_weight": 0.0,
-               "lattice_weight": 0.0, "nbest_tau": 1.0, "frame_labels": "fb_posteriors",
+               "lattice_weight": 0.0, "nbest_tau": 1.0, "lattice_nodes": "all", "frame_labels": "fb_posteriors",
                "untrans_labels": "frame_posteriors", "untranscribed": False, "online": False,
                "online_type": "frame_posteriors", "missing": "error"}
 DUMP_TERM = {"frame_posteriors": "frame", "fb_posteriors": "frame", "token_posteriors": "token",
@@ -87,6 +89,8 @@ def resolve_kd_conf(conf, source="config"):
             raise ConfigError(f"{source}: kd_conf: {term}_weight must be 0 or more")
     if conf["online_type"] not in FRAME_TYPES:
         raise ConfigError(f"{source}: kd_conf: online_type must be one of {FRAME_TYPES}")
+    if conf["lattice_nodes"] not in ("all", "occupancy"):
+        raise ConfigError(f"{source}: kd_conf: lattice_nodes must be all or occupancy, not {conf['lattice_nodes']!r}")
     if conf["missing"] not in ("error", "skip"):
         raise ConfigError(f"{source}: kd_conf: missing must be error or skip, not {conf['missing']!r}")
     return conf
@@ -213,7 +217,7 @@ def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_l
     config = {**config, "kd_conf": {**kd, "teacher": str(teacher_dir) if teacher_dir else None,
                                     "teacher_data": [str(d) for d in used]}}
     loss = DistillLoss(kd["alpha"], kd["temperature"], {t: kd[f"{t}_weight"] for t in terms}, teacher,
-                       kd["nbest_tau"])
+                       kd["nbest_tau"], kd["lattice_nodes"])
     return train(config, exp_dir, train_dirs + untrans_dirs, valid_dir, token_dir, cmvn_path, devices=devices,
                  num_nodes=num_nodes, accelerator=accelerator, model=student, wrap_train_set=wrap, loss_fn=loss,
                  extra_info={"teacher": str(teacher_dir) if teacher_dir else None, "alpha": kd["alpha"],

@@ -8,7 +8,7 @@ from kdtool.features.cmvn import mean_std
 from kdtool.kd.forward_backward import ctc_occupancies_batch
 from kdtool.kd.losses import hinton_kd_loss, pool_to_length, soften
 from kdtool.kd.nbest import nbest_weights
-from kdtool.kd.rnnt import lattice_kl, lattice_mask, pad_lattices
+from kdtool.kd.rnnt import lattice_kl, lattice_mask, lattice_occupancy, pad_lattices
 from kdtool.kd.softlabels import SoftLabelError
 from kdtool.models.asr import IGNORE_ID
 
@@ -59,8 +59,9 @@ class DistillLoss:
     """``loss_fn(model, batch) -> (loss, stats)`` for the trainer (see the module docstring).
     ``weights``: {term: weight} of the active KD terms."""
 
-    def __init__(self, alpha, temperature, weights=None, online_teacher=None, nbest_tau=1.0):
+    def __init__(self, alpha, temperature, weights=None, online_teacher=None, nbest_tau=1.0, lattice_nodes="all"):
         self.alpha, self.temperature, self.teacher, self.nbest_tau = alpha, temperature, online_teacher, nbest_tau
+        self.lattice_nodes = lattice_nodes
         self.weights = {"frame": 1.0} if weights is None else dict(weights)
 
     def __call__(self, model, batch):
@@ -148,7 +149,8 @@ class DistillLoss:
         teacher = pad_lattices([batch["lattice"][b].to(enc.device) for b in rows], enc_lens[idx], ys_lens,
                                logits.shape[1], logits.shape[2])
         mask = lattice_mask(enc_lens[idx], ys_lens, logits.shape[1], logits.shape[2])
-        kd = lattice_kl(teacher, logits, ys, ys_lens, mask, self.temperature)
+        weights = lattice_occupancy(teacher, enc_lens[idx], ys_lens) if self.lattice_nodes == "occupancy" else None
+        kd = lattice_kl(teacher, logits, ys, ys_lens, mask, self.temperature, weights)
         return kd * len(rows) / len(batch["utts"])
 
 

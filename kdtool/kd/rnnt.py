@@ -15,7 +15,10 @@ all non-blank tokens, so the three entries still sum to 1. Every function here h
 without producing NaN (values or gradients).
 
 The distillation loss is T^2 * sum over valid nodes of KL(teacher || student) / B, the scaling of
-``kdtool.kd.losses`` (summed over valid positions, divided by the batch size, Hinton T^2).
+``kdtool.kd.losses`` (summed over valid positions, divided by the batch size, Hinton T^2). Summed
+over all T x (U+1) nodes it grows with T * U while the RNN-T loss grows with T + U, and most nodes lie
+far from any likely alignment; ``lattice_occupancy`` weights each node by how often the teacher's
+alignments pass it (kd_conf ``lattice_nodes: occupancy``), so the term sums T + U nodes' worth.
 
 Stage 4 calls ``teacher_lattice_posteriors`` and stores ``to_matrix`` of each utterance's lattice
 as its soft-label matrix ([T*(U+1), 3], rows sum to 1); stage 5 reads them back with
@@ -68,8 +71,46 @@ def collapsed_log_probs(logits, ys, ys_lens, blank=0, temperature=1.0):
     return torch.stack([log_blank, log_label, log_other], dim=-1)
 
 
-def lattice_kl(teacher_log_probs, student_logits, ys, ys_lens, mask, temperature=1.0):
+def lattice_occupancy(log_probs, enc_lens, ys_lens):
+    """How often the teacher's alignments pass each node: gamma [B, T, U+1] (float32, 0 off the lattice).
+
+    ``log_probs`` [B, T, U+1, 3]: collapsed log-probabilities (only blank and next label are used).
+    A forward-backward pass over the reference lattice, as in the RNN-T loss: alpha(t, u) sums the
+    paths from (0, 0) to the node, beta(t, u) the paths from it to the final blank at (T_b-1, U_b), and
+    gamma = alpha * beta / P(y | x). Every path visits T_b + U_b nodes, so gamma sums to T_b + U_b.
+    Rows are done at once (a log-cumsum-exp along u), in float64 with log-probabilities floored at
+    -1e4 so that a probability stored as 0 stays finite; the teacher's values are not differentiated.
+    """
+    B, T, U1, _ = log_probs.shape
+    valid = lattice_mask(enc_lens, ys_lens, T, U1)
+    lp = torch.where(valid[..., None], log_probs.detach().double(), -1e4).clamp(min=-1e4)  # padding: whatever it holds
+    lb, ll = lp[..., BLANK], lp[..., LABEL]
+    u = torch.arange(U1, device=lp.device)
+    # C[b, t, u] = sum_{j < u} ll[b, t, j]: the log-probability of emitting labels j..u-1 at frame t
+    C = torch.nn.functional.pad(ll.cumsum(-1)[..., :-1], (1, 0))
+    alpha = torch.full_like(lb, float("-inf"))
+    into = torch.where(u == 0, 0.0, float("-inf")).expand(B, U1)  # alpha enters row 0 at (0, 0)
+    for t in range(T):
+        alpha[:, t] = C[:, t] + torch.logcumsumexp(into - C[:, t], -1)
+        into = alpha[:, t] + lb[:, t]
+    beta = torch.full_like(lb, float("-inf"))
+    t_idx = torch.arange(T, device=lp.device)
+    end = torch.where(u[None] == ys_lens[:, None], 0.0, float("-inf"))  # [B, U1]: leaving (T_b-1, U_b) ends the path
+    below = torch.full((B, U1), float("-inf"), dtype=lp.dtype, device=lp.device)
+    for t in reversed(range(T)):
+        nxt = torch.where((t_idx[t] == enc_lens - 1)[:, None], end, below)  # beta(t+1, .), or the end
+        out = torch.where((t_idx[t] < enc_lens)[:, None], nxt + lb[:, t], float("-inf"))
+        x = out + C[:, t]  # beta(t, u) = -C(u) + logsumexp_{k >= u} (out(k) + C(k))
+        beta[:, t] = torch.logcumsumexp(x.flip(-1), -1).flip(-1) - C[:, t]
+        below = beta[:, t]
+    log_z = beta[:, 0, 0]
+    gamma = (alpha + beta - log_z[:, None, None]).exp()
+    return torch.where(valid, gamma, 0.0).float()
+
+
+def lattice_kl(teacher_log_probs, student_logits, ys, ys_lens, mask, temperature=1.0, node_weights=None):
     """T^2 * sum over nodes where ``mask`` [B, T, U+1] of KL(teacher || student) / B: a scalar.
+    ``node_weights`` [B, T, U+1] (e.g. ``lattice_occupancy``) weight each node's KL; None: all nodes 1.
 
     ``teacher_log_probs`` [B, T, U+1, 3]: the teacher's collapsed log-probabilities, already at
     temperature T (what stage 4 stores, logged); it is detached, so gradients reach the student only.
@@ -84,6 +125,8 @@ def lattice_kl(teacher_log_probs, student_logits, ys, ys_lens, mask, temperature
     log_q = collapsed_log_probs(student_logits, ys, ys_lens, temperature=temperature)
     # 0 * (-inf) is NaN where p = 0; the where drops it, and its backward sends 0 * p = 0 to log_q there.
     kl = torch.where(p > 0, p * (log_p - log_q), 0.0)
+    if node_weights is not None:
+        kl = kl * node_weights[..., None]
     return temperature ** 2 * kl.sum() / student_logits.shape[0]
 
 
