@@ -183,7 +183,10 @@ class TransducerModel(ASRModel):
         """Logits over the whole output lattice: [B, T', U+1, V]; the prediction network starts from blank."""
         self.decoder.set_device(enc.device)
         labels = torch.where(ys == IGNORE_ID, self.blank, ys)
-        dec = self.decoder(torch.nn.functional.pad(labels, (1, 0), value=self.blank))
+        # the prediction network (small) in float32 even under autocast: oneDNN has no bf16 LSTM on CPUs
+        # without avx512_bf16 ("could not create a primitive descriptor for the LSTM forward propagation")
+        with torch.autocast(enc.device.type, enabled=False):
+            dec = self.decoder(torch.nn.functional.pad(labels, (1, 0), value=self.blank))
         return self.joint_network(enc.unsqueeze(2), dec.unsqueeze(1))
 
     def supervised_loss(self, enc, enc_lens, ys, ys_lens, weights=None, logits=None):
