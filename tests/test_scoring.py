@@ -190,7 +190,7 @@ def test_make_results(tmp_path, ref_dir):
     assert md.splitlines()[1] == "# mini_en kd1"
     assert f"- python version: `{platform.python_version()}`" in md
     for key in ("date", "pytorch version", "espnet version", "kdtool version: `0.1.0`", "git commit", "CPU",
-                "CPU threads"):
+                "CPU threads", "CPU capability (torch)"):
         assert f"- {key}" in md
     rows = [line for line in md.split("## Every test set")[1].splitlines() if line.startswith("|")]
     assert rows[0] == "|model|kind|decode|test set|params (M)|size (MB)|WER|CER|S/D/I|RTF|"

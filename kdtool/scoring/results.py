@@ -58,7 +58,17 @@ def environment():
         ("git commit", _git_commit() or "unknown"),
         ("CPU", _cpu_model()),
         ("CPU threads", str(threads)),
+        # the vector instructions torch's kernels use (AVX2, AVX512): run times differ with them
+        ("CPU capability (torch)", _cpu_capability()),
     ]
+
+
+def _cpu_capability():
+    try:
+        import torch
+        return torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        return "unknown"
 
 
 def _fmt(value, spec, scale=1.0):
