@@ -93,6 +93,28 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(tiny_featu
     assert [e for e, _ in read_metrics(tmp_path / "killed" / "csv")[1]] == [1, 2, 3, 4, 5]
 
 
+def test_a_training_stopped_by_sigterm_fails_and_the_rerun_resumes(tiny_features, tmp_path):
+    """lightning ends a SIGTERM'd fit with exit code 0; kdtool's train must not: the stage would go on
+    without a model."""
+    conf = tmp_path / "train.yaml"
+    conf.write_text(yaml.safe_dump({**KINDS["ctc"], **TRAINING, "max_epoch": 30}))
+    f, exp = tiny_features, tmp_path / "exp"
+    cmd = [sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
+           "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
+           "--exp_dir", str(exp), "--accelerator", "cpu", "--devices", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (exp / "checkpoints" / "epoch001.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM" in err and "rerun the same command to resume" in err
+    assert not (exp / "model.pth").exists()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0 and "resuming from" in p.stderr and (exp / "model.pth").exists()
+
+
 def test_unknown_config_key_fails_before_training(tmp_path, tiny_features):
     conf = tmp_path / "bad.yaml"
     conf.write_text(yaml.safe_dump({**KINDS["ctc"], **TRAINING, "max_epochs": 3}))

@@ -13,6 +13,8 @@ A rerun resumes from checkpoints/last.ckpt; a finished run is left as it is.
 import json
 import logging
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from kdtool.features.cmvn import load_cmvn
 from kdtool.models import ConfigError, build_model, count_params, model_size_mb
@@ -123,7 +126,14 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
     logging.info("%s: %s model, %d parameters (%.2f MB); %d training / %d validation utterances%s", exp, model.kind,
                  count_params(model), model_size_mb(model), len(train_set), len(valid_set),
                  f"; resuming from {last}" if last.exists() else "")
-    trainer.fit(task, loader(train_set, True), loader(valid_set, False), ckpt_path=last if last.exists() else None)
+    try:
+        trainer.fit(task, loader(train_set, True), loader(valid_set, False), ckpt_path=last if last.exists() else None)
+    except SIGTERMException:
+        # lightning stops on SIGTERM (a kill, a scheduler's time limit) with exit code 0: the stage would go on
+        # as if the model were trained
+        logging.error("%s: stopped by SIGTERM in epoch %d, not trained (no model.pth); rerun the same command "
+                      "to resume from %s", exp, trainer.current_epoch + 1, last)
+        sys.exit(128 + signal.SIGTERM)
     if not trainer.is_global_zero:
         return None
 
