@@ -28,7 +28,12 @@ def plot_wer_vs_params(rows, out_png, test_set="test"):
     if not rows:
         return None
     twins = {r["twin"] for r in rows}
-    fig, ax = plt.subplots(figsize=(11, 6))
+    key = [f"{i:>2}  {r['name']} ({r['decode']})" for i, r in enumerate(rows, 1)]
+    # the key and the legend go right of the axes, never over a point: the figure widens for the
+    # longest key line (monospace 7 pt: ~0.06 in a character) and grows taller for many rows
+    key_w = 0.3 + 0.06 * max(len(k) for k in key)
+    width, height = 7.5 + key_w, max(6.0, 2.4 + 0.12 * len(key))
+    fig, ax = plt.subplots(figsize=(width, height))
     where = {(r["name"], r["decode"]): (r["params"] / 1e6, r["test_wer"]) for r in rows}
     for r in rows:
         x, y = where[(r["name"], r["decode"])]
@@ -41,8 +46,8 @@ def plot_wer_vs_params(rows, out_png, test_set="test"):
         else:
             ax.scatter(x, y, marker="o", s=45, zorder=3, color=color if r["kd"] else "white", edgecolors=color)
     _number(ax, [where[(r["name"], r["decode"])] for r in rows])
-    key = "\n".join(f"{i:>2}  {r['name']} ({r['decode']})" for i, r in enumerate(rows, 1))
-    fig.text(0.70, 0.95, key, fontsize=7, family="monospace", va="top")
+    right = 7.2 / width
+    fig.text(right + 0.02, 0.95, "\n".join(key), fontsize=7, family="monospace", va="top")
     for kind, color in KIND_COLORS.items():
         if any(r["kind"] == kind for r in rows):
             ax.scatter([], [], color=color, label=kind)
@@ -55,9 +60,10 @@ def plot_wer_vs_params(rows, out_png, test_set="test"):
     ax.set_xlabel("parameters (M, log scale)")
     ax.set_ylabel(f"{test_set} WER (%)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper right")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="lower left", bbox_to_anchor=(right + 0.02, 0.04),
+               ncol=2)
     ax.set_title("WER against model size")
-    fig.subplots_adjust(left=0.07, right=0.68, bottom=0.1, top=0.93)
+    fig.subplots_adjust(left=0.55 / width, right=right, bottom=0.1, top=0.93)
     _save(fig, out_png, dpi=110)
     return out_png
 
