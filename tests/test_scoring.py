@@ -290,3 +290,27 @@ def test_missing_notes_file_is_a_one_line_error_before_any_output(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode != 0 and "Traceback" not in p.stderr and "no_notes.md" in p.stderr
     assert not (tmp_path / "RESULTS.md").exists() and not (tmp_path / "exp/results.json").exists()
+
+
+def test_wer_vs_params_keeps_key_and_legend_off_the_points():
+    """The key and the legend sit right of the axes (an earlier legend inside them hid the transducer
+    teacher), and the figure is wide enough for the longest key line."""
+    from kdtool.scoring.plots import wer_vs_params_figure
+
+    long_name = "transducer_student_single_nokd"
+    rows = [{"name": f"{long_name}_{i}", "kind": ["ar", "nar", "ctc", "transducer"][i % 4],
+             "decode": "transducer_beam4_alsd", "params": (i + 1) * 2.5e5, "test_wer": 90.0 - i,
+             "kd": ["frame"] if i % 2 else [], "twin": f"{long_name}_{i - 1}" if i % 2 else None} for i in range(40)]
+    fig = wer_vs_params_figure(rows)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes_box = fig.axes[0].get_window_extent(renderer)
+    legend_box = fig.legends[0].get_window_extent(renderer)
+    key = next(t for t in fig.texts if long_name in t.get_text())
+    key_box = key.get_window_extent(renderer)
+    fig_w, fig_h = fig.bbox.width, fig.bbox.height
+    for box in (legend_box, key_box):
+        assert box.x0 > axes_box.x1  # right of the axes: no point can be under it
+        assert box.x1 <= fig_w and box.y0 >= 0 and box.y1 <= fig_h  # nothing cut off
+    assert not key_box.overlaps(legend_box)
+    assert key.get_text().count("\n") == len(rows) - 1

@@ -21,6 +21,15 @@ def _save(fig, out_png, dpi):
 
 
 def plot_wer_vs_params(rows, out_png, test_set="test"):
+    """Write wer_vs_params_figure(rows) to out_png; None (and no file) when no row has a test WER."""
+    fig = wer_vs_params_figure(rows, test_set)
+    if fig is None:
+        return None
+    _save(fig, out_png, dpi=110)
+    return out_png
+
+
+def wer_vs_params_figure(rows, test_set="test"):
     """One point per (model, decoding method): * a model trained from scratch (a teacher), o filled a
     distilled student, o hollow its twin without KD; a grey line joins a student to its twin. Points
     carry numbers; the key beside the axes names them (names would print over each other)."""
@@ -64,8 +73,7 @@ def plot_wer_vs_params(rows, out_png, test_set="test"):
                ncol=2)
     ax.set_title("WER against model size")
     fig.subplots_adjust(left=0.55 / width, right=right, bottom=0.1, top=0.93)
-    _save(fig, out_png, dpi=110)
-    return out_png
+    return fig
 
 
 def _number(ax, points):
