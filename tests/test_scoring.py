@@ -295,6 +295,8 @@ def test_missing_notes_file_is_a_one_line_error_before_any_output(tmp_path):
 def test_wer_vs_params_keeps_key_and_legend_off_the_points():
     """The key and the legend sit right of the axes (an earlier legend inside them hid the transducer
     teacher), and the figure is wide enough for the longest key line."""
+    import matplotlib.pyplot as plt
+
     from kdtool.scoring.plots import wer_vs_params_figure
 
     long_name = "transducer_student_single_nokd"
@@ -314,3 +316,4 @@ def test_wer_vs_params_keeps_key_and_legend_off_the_points():
         assert box.x1 <= fig_w and box.y0 >= 0 and box.y1 <= fig_h  # nothing cut off
     assert not key_box.overlaps(legend_box)
     assert key.get_text().count("\n") == len(rows) - 1
+    plt.close(fig)
