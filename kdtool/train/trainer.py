@@ -137,7 +137,8 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
     if not trainer.is_global_zero:
         return None
 
-    best = sorted(ckpt.best_k_models.items(), key=lambda kv: float(kv[1]))
+    # [:k]: checkpoints copied in from a run with a larger keep_nbest_models stay on record
+    best = sorted(ckpt.best_k_models.items(), key=lambda kv: float(kv[1]))[:config["keep_nbest_models"]]
     torch.save(average_checkpoints([p for p, _ in best]), exp / "model.pth.tmp")
     Path(exp / "model.pth.tmp").replace(exp / "model.pth")
     info = {"kind": model.kind, "params": count_params(model), "size_mb": round(model_size_mb(model), 3),
