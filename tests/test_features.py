@@ -30,14 +30,30 @@ def extract(data_dir, out_dir, nj):
     return load_feats(out_dir)
 
 
-def test_fbank_matches_kaldi_on_int16_scale(tiny_wavs):
+def test_fbank_matches_what_sherpa_onnx_computes(tiny_wavs):
+    """sherpa-onnx computes kaldi-native-fbank with these options from audio in [-1, 1]; a model
+    decoded there from raw audio must have been trained on the same numbers."""
+    import kaldi_native_fbank as knf
     samples, rate = load_audio(str(tiny_wavs["spka-u1"]))
     feats = fbank(samples, rate)
-    ref = kaldi.fbank(torch.from_numpy(samples)[None] * 32768, num_mel_bins=80, dither=0.0, energy_floor=0.0)
-    assert feats.shape == (ref.shape[0], 80)
-    # 25 ms windows every 10 ms, snip_edges: 1 + (n - 400) // 160 frames.
-    assert feats.shape[0] == 1 + (len(samples) - 400) // 160
-    np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-5)
+    opts = knf.FbankOptions()
+    opts.frame_opts.samp_freq = rate
+    opts.frame_opts.dither = 0
+    opts.frame_opts.snip_edges = False
+    opts.mel_opts.num_bins = 80
+    opts.mel_opts.low_freq = 20
+    opts.mel_opts.high_freq = -400
+    online = knf.OnlineFbank(opts)
+    online.accept_waveform(rate, samples.tolist())
+    online.input_finished()
+    ref = np.stack([online.get_frame(i) for i in range(online.num_frames_ready)])
+    # snip_edges false: frames centred every 10 ms, T = round(samples / 160)
+    assert feats.shape == ref.shape == ((len(samples) + 80) // 160, 80)
+    np.testing.assert_allclose(feats, ref, atol=2e-3)
+    # the int16 scale (kdtool before) is a different feature: log(32768^2) = 20.8 higher everywhere
+    old = kaldi.fbank(torch.from_numpy(samples)[None] * 32768, num_mel_bins=80, dither=0.0, snip_edges=False,
+                      high_freq=-400)
+    assert np.abs(old.numpy() - feats).mean() > 20
 
 
 def test_job_slices_cover_everything_in_order():

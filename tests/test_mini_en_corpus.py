@@ -46,13 +46,16 @@ def test_sets_are_valid_kaldi_dirs(corpus):
 
 
 def test_no_evaluation_sentence_or_heldout_voice_in_training(corpus):
-    _, sets = corpus
+    tmp, sets = corpus
+    voices = dict(line.split("\t")[::3] for line in (tmp / "corpus" / "voices.tsv").read_text().splitlines())
     train_text = set(sets["train"].read("text").values())
     train_voices = set(sets["train"].read("utt2spk").values()) | set(sets["untrans"].read("utt2spk").values())
     for name in ("dev", "test", "test_unseen"):
         assert not set(sets[name].read("text").values()) & train_text, name
     assert not set(sets["test_unseen"].read("utt2spk").values()) & train_voices
-    assert set(sets["dev"].read("utt2spk").values()) <= train_voices
+    for name in ("dev", "test"):  # training voices (a tiny train need not hear them all)
+        assert {voices[v] for v in sets[name].read("utt2spk").values()} == {"train"}, name
+    assert {voices[v] for v in sets["test_unseen"].read("utt2spk").values()} == {"heldout"}
     assert len(train_voices) > 20, "many voices in training: voice variety is what generalizes"
 
 
@@ -90,3 +93,22 @@ def test_a_changed_plan_replaces_old_audio(tmp_path):
     second = build(tmp_path / "c", tmp_path / "d", "--seed", "3")  # same dirs, other plan
     fresh = build(tmp_path / "c3", tmp_path / "d3", "--seed", "3")
     assert digest(second["test"]) == digest(fresh["test"]) != first
+
+
+def test_training_sizes_change_no_evaluation_set_and_cut_one_stream(corpus, tmp_path):
+    """A teacher's corpus (--n_teacher_train) holds the very audio of a smaller students' corpus:
+    the same dev/test utterances whatever the sizes, train and untrans cuts of one stream."""
+    _, small = corpus
+    sizes = ["--n_train", "30", "--n_untrans", "10", "--n_teacher_train", "80"]
+    big = build(tmp_path / "corpus", tmp_path / "data", *sizes)
+    for name in ("dev", "test", "test_unseen"):
+        assert digest(big[name]) == digest(small[name]), name
+    teacher = DataDir(tmp_path / "data" / "train_teacher")
+    assert len(teacher.utts) == 80
+    stream = sorted(set(small["train"].utts) | set(small["untrans"].utts), key=lambda u: u.split("-")[1])
+    # the small corpus's 60 + 12 utterances are the stream's first 72; the big one cuts it at 30 and 40
+    assert sorted(big["train"].utts + big["untrans"].utts, key=lambda u: u.split("-")[1]) == stream[:40]
+    assert set(stream) <= set(teacher.utts)
+    t_scp, s_scp = teacher.read("wav.scp"), small["train"].read("wav.scp")
+    for utt in small["train"].utts[:5]:
+        assert open(t_scp[utt], "rb").read() == open(s_scp[utt], "rb").read()

@@ -1,5 +1,6 @@
-"""80-dim log-mel filterbank, bit-compatible with Kaldi's compute-fbank-feats (via
-torchaudio.compliance.kaldi), computed for a slice of a data dir and stored with kaldiio."""
+"""80-dim log-mel filterbank, the features sherpa-onnx and kaldi-native-fbank compute from raw audio
+(so a model trained on them runs in those runtimes unchanged), computed for a slice of a data dir
+and stored with kaldiio."""
 import logging
 import os
 from pathlib import Path
@@ -12,12 +13,20 @@ from tqdm import tqdm
 from kdtool.data.audio import AudioError, load_audio
 from kdtool.data.datadir import DataDir, DataDirError, read_table, write_table
 
+# The one definition of kdtool's features; every model, dump and export depends on it.
+# These are the options of kaldi-native-fbank as sherpa-onnx sets them (../shared/deploy-notes.md):
+# audio in [-1, 1] (not the int16 scale), frames centred on 10 ms steps (snip_edges false: T =
+# round(samples / 160)), mel bins from 20 Hz to Nyquist - 400 Hz, no dither (same input, same output).
+# Everything else is Kaldi's default: 25 ms Povey window, pre-emphasis 0.97, DC offset removed,
+# log of mel power floored at float epsilon. tests/test_features.py checks it against kaldi-native-fbank.
+FBANK_OPTS = dict(frame_length=25.0, frame_shift=10.0, dither=0.0, snip_edges=False, low_freq=20.0,
+                  high_freq=-400.0, energy_floor=0.0)
+
 
 def fbank(samples, sample_rate=16000, num_mel_bins=80):
     """samples: float32 numpy array in [-1, 1]. Returns a float32 numpy array (frames, num_mel_bins)."""
-    wav = torch.from_numpy(samples).unsqueeze(0) * 32768  # Kaldi works on the int16 scale
-    feats = kaldi.fbank(wav, num_mel_bins=num_mel_bins, sample_frequency=sample_rate, frame_length=25.0,
-                        frame_shift=10.0, dither=0.0, energy_floor=0.0)  # dither 0: same input, same output
+    wav = torch.from_numpy(samples).unsqueeze(0)
+    feats = kaldi.fbank(wav, num_mel_bins=num_mel_bins, sample_frequency=sample_rate, **FBANK_OPTS)
     return feats.numpy()
 
 
@@ -57,7 +66,7 @@ def compute_fbank_job(data_dir, out_dir, job, nj, sample_rate=16000, num_mel_bin
                     raise DataDirError(f"{data.path / 'wav.scp'}: utterance {utt}: {e}") from None
                 feats = fbank(samples, sample_rate, num_mel_bins)
                 if feats.shape[0] == 0:
-                    raise DataDirError(f"{data.path / 'wav.scp'}: utterance {utt}: audio shorter than one frame (25 ms)")
+                    raise DataDirError(f"{data.path / 'wav.scp'}: utterance {utt}: audio too short for one 10 ms frame")
                 writer(utt, feats)
                 num_frames[utt] = str(feats.shape[0])
         # The scp points at the temporary ark name; the byte offsets stay valid after the rename.

@@ -14,6 +14,8 @@ n_dev=300
 n_test=300
 n_test_unseen=300
 n_untrans=750
+n_teacher_train=0      # also data/train_teacher: the first N utterances of the stream that train and untrans
+                       # are cut from (the shipped teachers' training set; ./run.sh --retrain_teachers true)
 n_heldout_voices=10    # voices heard only in test_unseen
 fast=false             # tiny corpus for tests and CI
 nj=4
@@ -26,11 +28,11 @@ if ${fast}; then
 fi
 
 python local/synth_corpus.py plan --seed "${seed}" --vocab_size "${vocab_size}" --n_train "${n_train}" \
-  --n_dev "${n_dev}" --n_test "${n_test}" --n_test_unseen "${n_test_unseen}" --n_untrans "${n_untrans}" \
+  --n_dev "${n_dev}" --n_test "${n_test}" --n_test_unseen "${n_test_unseen}" --n_untrans "${n_untrans}" --n_teacher_train "${n_teacher_train}" \
   --n_heldout_voices "${n_heldout_voices}" "${corpus}"
 ${train_cmd} JOB=1:"${nj}" "${corpus}/log/synth.JOB.log" \
   python local/synth_corpus.py synth --job JOB --nj "${nj}" "${corpus}"
 python local/synth_corpus.py datadirs "${corpus}" data
-for x in train dev test test_unseen untrans; do
+for x in train dev test test_unseen untrans $([ "${n_teacher_train}" -gt 0 ] && echo train_teacher); do
   python -m kdtool.bin.fix_data_dir "data/${x}"
 done

@@ -11,7 +11,8 @@ Three steps, each rerunnable (``local/data.sh`` calls them in order):
 
 Sets: ``train`` and ``untrans`` (the untranscribed pool: no ``text``) use training voices;
 ``dev`` and ``test`` use training voices on sentences never seen in training; ``test_unseen``
-uses held-out voices on unseen sentences. Sentences are clauses of the fortunes whose words are
+uses held-out voices on unseen sentences; ``train_teacher`` (with ``--n_teacher_train N``) is the
+first N utterances of the stream that ``train`` and ``untrans`` are cut from. Sentences are clauses of the fortunes whose words are
 all among the ``vocab_size`` most frequent words, so a small model can learn the vocabulary.
 """
 import argparse
@@ -34,7 +35,7 @@ from kdtool.utils.atomic import atomic_path, write_lines
 from kdtool.utils.log import setup_logging
 
 FORTUNES = Path("/usr/share/games/fortunes")
-SETS = ("train", "dev", "test", "test_unseen", "untrans")
+SETS = ("train", "dev", "test", "test_unseen", "untrans", "train_teacher")
 ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc"]
 # espeak-ng variants that are not speech a listener would transcribe (whispers, effects, robots).
 ESPEAK_SKIP = {"whisper", "whisperf", "croak", "Demonic", "Mr serious", "fast", "UniRobot", "anikaRobot",
@@ -90,9 +91,14 @@ def all_voices():
 
 # ---------------------------------------------------------------------------- plan
 def make_plan(args):
-    rng = random.Random(args.seed)
+    """Every utterance's sentence, voice and prosody. Each set draws from a random stream of its own,
+    so dev, test and test_unseen are the same whatever the training sizes are; train, untrans and the
+    teachers' training set are cuts of one stream of utterances (utterance k is the same audio in
+    every corpus): train = stream[:n_train], untrans = stream[n_train:n_train + n_untrans],
+    train_teacher = stream[:n_teacher_train]. So a corpus made for students holds exactly the
+    audio a teacher trained on a larger cut of it heard."""
     clauses, vocab = restrict_vocabulary(fortune_clauses(args.min_words, args.max_words), args.vocab_size)
-    rng.shuffle(clauses)
+    random.Random(args.seed).shuffle(clauses)
     n_eval = {"dev": args.n_dev, "test": args.n_test, "test_unseen": args.n_test_unseen}
     if sum(n_eval.values()) >= len(clauses):
         sys.exit(f"synth_corpus.py: only {len(clauses)} sentences with vocab_size={args.vocab_size}; "
@@ -100,17 +106,16 @@ def make_plan(args):
     sentences, start = {}, 0
     for name, n in n_eval.items():  # evaluation sentences are distinct and never used elsewhere
         sentences[name], start = clauses[start:start + n], start + n
-    pool = clauses[start:]  # train and untrans share what is left, cycling if the corpus is larger
-    need = args.n_train + args.n_untrans
-    pool = (pool * (need // len(pool) + 1))[:need]
-    sentences["train"], sentences["untrans"] = pool[:args.n_train], pool[args.n_train:]
+    pool = clauses[start:]  # the training stream cycles through what is left (other voices each time)
+    n_stream = max(args.n_train + args.n_untrans, args.n_teacher_train)
+    sentences["stream"] = [pool[k % len(pool)] for k in range(n_stream)]
 
     voices = all_voices()
-    rng.shuffle(voices)
-    heldout, seen = voices[:args.n_heldout_voices], sorted(voices[args.n_heldout_voices:])
-    heldout.sort()
-    rows, n = [], 0
-    for name in SETS:
+    random.Random(args.seed).shuffle(voices)
+    heldout, seen = sorted(voices[:args.n_heldout_voices]), sorted(voices[args.n_heldout_voices:])
+    rows = []
+    for name, prefix in (("stream", "s"), ("dev", "d"), ("test", "t"), ("test_unseen", "u")):
+        rng = random.Random(f"{args.seed}-{name}")
         pool_voices = heldout if name == "test_unseen" else seen
         for i, text in enumerate(sentences[name]):
             spk, engine, spec = pool_voices[(i + rng.randrange(len(pool_voices))) % len(pool_voices)]
@@ -118,10 +123,15 @@ def make_plan(args):
                 rate, pitch = rng.randint(130, 185), rng.randint(25, 75)  # words/min, 0-99
             else:
                 rate, pitch = round(rng.uniform(0.85, 1.2), 2), rng.randint(*FLITE_VOICES[spec])  # stretch, f0
-            n += 1
-            rows.append(dict(utt=f"{spk}-{n:06d}", set=name, voice=spk, engine=engine, spec=spec, rate=rate,
-                             pitch=pitch, gain=rng.randint(1, 10), pad_start=round(rng.uniform(0.05, 0.3), 2),
-                             pad_end=round(rng.uniform(0.1, 0.4), 2), text=text))
+            if name == "stream":
+                sets = ["train"] if i < args.n_train else ["untrans"] if i < args.n_train + args.n_untrans else []
+                sets += ["train_teacher"] if i < args.n_teacher_train else []
+            else:
+                sets = [name]
+            rows.append(dict(utt=f"{spk}-{prefix}{i:06d}", set=",".join(sets), voice=spk, engine=engine, spec=spec,
+                             rate=rate, pitch=pitch, gain=rng.randint(1, 10),
+                             pad_start=round(rng.uniform(0.05, 0.3), 2), pad_end=round(rng.uniform(0.1, 0.4), 2),
+                             text=text))
     out = Path(args.dir)
     old_plan = read_plan(out) if (out / "plan.tsv").exists() else None
     if old_plan is not None and old_plan != [{k: str(v) for k, v in r.items()} for r in rows]:
@@ -136,9 +146,9 @@ def make_plan(args):
     write_lines(out / "vocab.txt", sorted(vocab))
     write_lines(out / "voices.tsv", [f"{s}\t{e}\t{v}\t{'heldout' if (s, e, v) in heldout else 'train'}"
                                      for s, e, v in sorted(voices)])
+    counts = collections.Counter(s for r in rows for s in r["set"].split(","))
     logging.info("plan: %d sentences available with a %d-word vocabulary; %d voices (%d held out); %s",
-                 len(clauses), len(vocab), len(voices), len(heldout),
-                 ", ".join(f"{s}={len(sentences[s])}" for s in SETS))
+                 len(clauses), len(vocab), len(voices), len(heldout), ", ".join(f"{s}={counts[s]}" for s in SETS))
 
 
 def read_plan(d):
@@ -188,7 +198,9 @@ def datadirs(args):
     rows = read_plan(args.dir)
     wav_dir = Path(args.dir).resolve() / "wav"
     for name in SETS:
-        sel = [r for r in rows if r["set"] == name]
+        sel = [r for r in rows if name in r["set"].split(",")]
+        if not sel and name == "train_teacher":
+            continue  # only made when asked for (--n_teacher_train)
         missing = [r["utt"] for r in sel if not (wav_dir / r["voice"] / f"{r['utt']}.wav").exists()]
         if missing:
             sys.exit(f"synth_corpus.py: {len(missing)} wavs of {name} not synthesized yet (first: {missing[0]}); "
@@ -211,7 +223,8 @@ def get_parser():
     pl.add_argument("--vocab_size", type=int, default=1000, help="keep sentences within the N most frequent words")
     pl.add_argument("--min_words", type=int, default=3)
     pl.add_argument("--max_words", type=int, default=14)
-    for name, n in (("train", 3000), ("dev", 300), ("test", 300), ("test_unseen", 300), ("untrans", 1000)):
+    for name, n in (("train", 3000), ("dev", 300), ("test", 300), ("test_unseen", 300), ("untrans", 1000),
+                    ("teacher_train", 0)):
         pl.add_argument(f"--n_{name}", type=int, default=n, help=f"utterances in {name}")
     pl.add_argument("--n_heldout_voices", type=int, default=10, help="voices used only in test_unseen")
     sy = sub.add_parser("synth")
