@@ -3,6 +3,7 @@ import logging
 import shlex
 import sys
 
+from kdtool.errors import KdtoolError
 from kdtool.utils.log import setup_logging
 
 
@@ -11,7 +12,7 @@ def command_line(module):
     return f"python -m {module} " + shlex.join(sys.argv[1:])
 
 
-def run_main(main, known_errors=(ValueError, RuntimeError, OSError)):
+def run_main(main, known_errors=(KdtoolError, ValueError, RuntimeError, OSError)):
     """Call ``main()``; a known error prints one clear message and exits 1 instead of a traceback."""
     setup_logging()
     try:

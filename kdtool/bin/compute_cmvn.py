@@ -1,4 +1,5 @@
-"""Global CMVN statistics (Kaldi layout) over a feats.scp.
+"""Global CMVN statistics (Kaldi layout) over a feats.scp; every utterance is checked as it is read
+(readable, one dimension, frames as in utt2num_frames, finite), and non-finite statistics are refused.
 
     python -m kdtool.bin.compute_cmvn dump/fbank/train/feats.scp dump/fbank/train/cmvn.ark
 """

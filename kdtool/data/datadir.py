@@ -10,12 +10,16 @@ Every file is sorted by key in byte order, as ``LC_ALL=C sort`` does.
 """
 from pathlib import Path
 
+from kdtool.errors import KdtoolError
 from kdtool.utils.atomic import write_lines
 
 UTT_FILES = ("wav.scp", "text", "utt2spk", "feats.scp", "utt2num_frames")
 
 
-class DataDirError(ValueError):
+BOM = "\ufeff"
+
+
+class DataDirError(KdtoolError, ValueError):
     """Bad content in a data directory; the message names the file, the utterance and the problem."""
 
 
@@ -24,26 +28,42 @@ def c_sorted(keys):
     return sorted(keys, key=lambda k: k.encode("utf-8"))
 
 
+def read_text_lines(path):
+    """The lines of a UTF-8 text file; a DataDirError naming the file and line for bytes that are
+    not UTF-8 or a leading byte-order mark (both break ids silently in other tools)."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data[:e.start].count(b"\n") + 1
+        raise DataDirError(f"{path}:{lineno}: not UTF-8 (byte 0x{data[e.start]:02x}); convert the file to UTF-8, "
+                           f"e.g. iconv -f latin1 -t utf-8") from None
+    if text.startswith(BOM):
+        raise DataDirError(f"{path}:1: starts with a byte-order mark (U+FEFF), which would become part of the "
+                           f"first id; remove it: python -m kdtool.bin.fix_data_dir {path.parent}")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # universal newlines, as open() does
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def read_table(path, allow_empty=False):
     """Read ``key value`` lines into a dict (insertion order = file order).
 
-    Raises DataDirError naming the file and line for a duplicate key or, unless
-    ``allow_empty``, a key with no value.
+    Raises DataDirError naming the file and line for a duplicate key, text that is not UTF-8, or,
+    unless ``allow_empty``, a key with no value.
     """
     path = Path(path)
     table = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                raise DataDirError(f"{path}:{lineno}: empty line")
-            parts = line.split(maxsplit=1)
-            key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
-            if key in table:
-                raise DataDirError(f"{path}:{lineno}: utterance {key}: duplicate id (first seen earlier in the file)")
-            if not value and not allow_empty:
-                raise DataDirError(f"{path}:{lineno}: {key}: no value after the id")
-            table[key] = value
+    for lineno, line in enumerate(read_text_lines(path), 1):
+        if not line.strip():
+            raise DataDirError(f"{path}:{lineno}: empty line")
+        parts = line.split(maxsplit=1)
+        key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+        if key in table:
+            raise DataDirError(f"{path}:{lineno}: utterance {key}: duplicate id (first seen earlier in the file)")
+        if not value and not allow_empty:
+            raise DataDirError(f"{path}:{lineno}: {key}: no value after the id")
+        table[key] = value
     return table
 
 

@@ -1,18 +1,22 @@
-"""Check a data dir against every rule of Kaldi's format (utils/validate_data_dir.sh, plus audio).
+"""Check a data dir against every rule of Kaldi's format (utils/validate_data_dir.sh), plus, on
+request, its audio (every sample read: finite, as many as the header says, at the right rate) and its
+features (readable, one dimension, as many frames as utt2num_frames says, finite).
 
 Collects all problems (up to a limit) and raises one DataDirError listing them, each naming
 the file, the utterance and what is wrong.
 """
 import logging
 
-from kdtool.data.audio import AudioError, audio_info
+from kdtool.data.audio import AudioError, load_audio
 from kdtool.data.datadir import DataDir, DataDirError, c_sorted, spk2utt_from_utt2spk
 
 MAX_REPORTED = 20
 
 
-def validate_data_dir(path, check_audio=False, sample_rate=None, require_text=False):
-    """Raise DataDirError if ``path`` breaks a rule; return the DataDir otherwise."""
+def validate_data_dir(path, check_audio=False, sample_rate=None, require_text=False, check_feats=False,
+                      cmd_timeout=None, quiet=False):
+    """Raise DataDirError if ``path`` breaks a rule; return the DataDir otherwise. ``cmd_timeout``:
+    seconds a wav.scp command may run (kdtool.data.audio)."""
     d = DataDir(path)
     if not d.path.is_dir():
         raise DataDirError(f"{d.path}: data directory does not exist")
@@ -38,6 +42,8 @@ def validate_data_dir(path, check_audio=False, sample_rate=None, require_text=Fa
                     f"run: python -m kdtool.bin.fix_data_dir {d.path}")
 
     utt2spk = tables["utt2spk"]
+    if not utt2spk:
+        raise DataDirError(f"{d.path / 'utt2spk'}: no utterances: the data dir is empty (did data preparation fail?)")
     for name in ("wav.scp", "text", "feats.scp", "utt2num_frames"):
         if name in tables:
             for utt in c_sorted(set(utt2spk) - set(tables[name])):
@@ -68,18 +74,24 @@ def validate_data_dir(path, check_audio=False, sample_rate=None, require_text=Fa
             if len(errors) >= MAX_REPORTED:
                 break
             try:
-                rate, n = audio_info(entry)
+                _, rate = load_audio(entry, timeout=cmd_timeout)
             except AudioError as e:
                 err(f"{d.path / 'wav.scp'}: utterance {utt}: {e}")
                 continue
             if sample_rate and rate != sample_rate:
                 err(f"{d.path / 'wav.scp'}: utterance {utt}: sample rate {rate} Hz, expected {sample_rate} Hz")
-            elif n == 0:
-                err(f"{d.path / 'wav.scp'}: utterance {utt}: audio has no samples")
+
+    if check_feats and "feats.scp" in tables and not errors:
+        from kdtool.features.reader import iter_feats  # features sit above data; only this check needs them
+        try:
+            for _ in iter_feats(d.path / "feats.scp"):
+                pass
+        except DataDirError as e:
+            err(str(e))
 
     if errors:
         more = f"\n  ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
         raise DataDirError(f"{d.path}: {len(errors)} problem(s):\n  " + "\n  ".join(errors[:MAX_REPORTED]) + more)
-    logging.info("%s: valid (%d utterances, %d speakers%s)", d.path, len(utt2spk), len(tables["spk2utt"]),
-                 "" if "text" in tables else ", untranscribed")
+    (logging.debug if quiet else logging.info)("%s: valid (%d utterances, %d speakers%s)", d.path, len(utt2spk),
+                                               len(tables["spk2utt"]), "" if "text" in tables else ", untranscribed")
     return d

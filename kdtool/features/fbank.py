@@ -1,17 +1,21 @@
 """80-dim log-mel filterbank, the features sherpa-onnx and kaldi-native-fbank compute from raw audio
 (so a model trained on them runs in those runtimes unchanged), computed for a slice of a data dir
 and stored with kaldiio."""
+import contextlib
 import logging
 import os
 from pathlib import Path
 
 import kaldiio
+import numpy as np
 import torch
 import torchaudio.compliance.kaldi as kaldi
 from tqdm import tqdm
 
 from kdtool.data.audio import AudioError, load_audio
-from kdtool.data.datadir import DataDir, DataDirError, read_table, write_table
+from kdtool.data.datadir import DataDirError, read_table, write_table
+from kdtool.data.validate import validate_data_dir
+from kdtool.utils.lock import hold_lock
 
 # The one definition of kdtool's features; every model, dump and export depends on it.
 # These are the options of kaldi-native-fbank as sherpa-onnx sets them (../shared/deploy-notes.md):
@@ -30,6 +34,14 @@ def fbank(samples, sample_rate=16000, num_mel_bins=80):
     return feats.numpy()
 
 
+def check_jobs(nj, job=None):
+    """Job options that cannot mean something else: nj >= 1, and job within 1..nj."""
+    if nj < 1:
+        raise ValueError(f"--nj {nj}: the number of jobs must be at least 1")
+    if job is not None and not 1 <= job <= nj:
+        raise ValueError(f"--job {job}: outside 1..{nj} (jobs are numbered from 1 to --nj)")
+
+
 def job_slice(items, job, nj):
     """The job-th (1-based) of nj contiguous, nearly equal slices, so merged outputs stay sorted."""
     if not 1 <= job <= nj:
@@ -43,30 +55,70 @@ def job_paths(out_dir, job):
     return d / f"feats.{job}.ark", d / f"feats.{job}.scp", d / f"utt2num_frames.{job}"
 
 
-def compute_fbank_job(data_dir, out_dir, job, nj, sample_rate=16000, num_mel_bins=80):
+def job_lock(out_dir, job):
+    """Held by the job while it writes, and by the merge for every job: a second run into the same
+    dir is refused, naming the first."""
+    return hold_lock(Path(out_dir) / ".locks" / f"fbank.{job}.lock", f"{Path(out_dir) / 'data'} (feature job {job})")
+
+
+def remove_stale(out_dir, job):
+    """Remove what a new job replaces: the merged feats.scp and utt2num_frames (they would point into
+    the ark this job rewrites), this job's earlier outputs and the temp files of a killed run."""
+    out = Path(out_dir)
+    ark, scp, u2nf = job_paths(out, job)
+    stale = [out / "feats.scp", out / "utt2num_frames", ark, scp, u2nf]
+    stale += [p for p in ark.parent.glob(f"*.{job}.*.tmp.*")] + list(ark.parent.glob(f"utt2num_frames.{job}.tmp.*"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+
+
+def checked_data_dir(data_dir):
+    """The data dir, validated (structure, not audio: each job reads its own audio) and with wav.scp."""
+    data = validate_data_dir(data_dir, quiet=True)
+    if not data.has("wav.scp"):
+        raise DataDirError(f"{data.path / 'wav.scp'}: file not found (features are computed from it)")
+    return data
+
+
+def compute_fbank_job(data_dir, out_dir, job, nj, sample_rate=16000, num_mel_bins=80, cmd_timeout=None):
     """Write ``out_dir/data/feats.<job>.{ark,scp}`` and ``utt2num_frames.<job>`` for one slice.
 
     The ark and scp are written under temporary names and renamed at the end, so a killed job
-    leaves nothing that a later step could mistake for complete output.
+    leaves nothing that a later step could mistake for complete output. The data dir is validated
+    first, every utterance's audio is checked as it is read (kdtool.data.audio.load_audio), and a
+    wav.scp command runs at most ``cmd_timeout`` seconds.
     """
+    check_jobs(nj, job)
     torch.set_num_threads(1)  # parallelism comes from the jobs
-    data = DataDir(data_dir)
+    data = checked_data_dir(data_dir)
     wav_scp = data.read("wav.scp")
     utts = job_slice(data.utts, job, nj)
     ark, scp, u2nf = job_paths(out_dir, job)
     ark.parent.mkdir(parents=True, exist_ok=True)
+    with job_lock(out_dir, job):
+        remove_stale(out_dir, job)
+        num_frames = _write_job(data, wav_scp, utts, ark, scp, f"{job}/{nj}", sample_rate, num_mel_bins, cmd_timeout)
+        write_table(u2nf, num_frames)
+    logging.info("%s job %d/%d: %d utterances, %d frames", data.path, job, nj, len(utts),
+                 sum(int(n) for n in num_frames.values()))
+
+
+def _write_job(data, wav_scp, utts, ark, scp, name, sample_rate, num_mel_bins, cmd_timeout):
     tmp_ark, tmp_scp = ark.with_name(ark.name + f".tmp.{os.getpid()}"), scp.with_name(scp.name + f".tmp.{os.getpid()}")
     num_frames = {}
     try:
         with kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as writer:
-            for utt in tqdm(utts, desc=f"fbank {data.path.name} job {job}/{nj}", mininterval=5):
+            for utt in tqdm(utts, desc=f"fbank {data.path.name} job {name}", mininterval=5):
+                where = f"{data.path / 'wav.scp'}: utterance {utt}"
                 try:
-                    samples, _ = load_audio(wav_scp[utt], expected_rate=sample_rate)
+                    samples, _ = load_audio(wav_scp[utt], expected_rate=sample_rate, timeout=cmd_timeout)
                 except AudioError as e:
-                    raise DataDirError(f"{data.path / 'wav.scp'}: utterance {utt}: {e}") from None
+                    raise DataDirError(f"{where}: {e}") from None
                 feats = fbank(samples, sample_rate, num_mel_bins)
                 if feats.shape[0] == 0:
-                    raise DataDirError(f"{data.path / 'wav.scp'}: utterance {utt}: audio too short for one 10 ms frame")
+                    raise DataDirError(f"{where}: audio too short for one 10 ms frame")
+                if not np.isfinite(feats).all():
+                    raise DataDirError(f"{where}: its features hold NaN or inf; check the audio")
                 writer(utt, feats)
                 num_frames[utt] = str(feats.shape[0])
         # The scp points at the temporary ark name; the byte offsets stay valid after the rename.
@@ -74,19 +126,26 @@ def compute_fbank_job(data_dir, out_dir, job, nj, sample_rate=16000, num_mel_bin
         tmp_scp.write_text(lines)
         os.replace(tmp_ark, ark)
         os.replace(tmp_scp, scp)
-        write_table(u2nf, num_frames)
     finally:
         for t in (tmp_ark, tmp_scp):
             if t.exists():
                 t.unlink()
-    logging.info("%s job %d/%d: %d utterances, %d frames", data.path, job, nj, len(utts),
-                 sum(int(n) for n in num_frames.values()))
+    return num_frames
 
 
 def merge_fbank_jobs(data_dir, out_dir, nj):
     """Join the jobs' outputs into ``out_dir/feats.scp`` + ``utt2num_frames`` and copy the data
-    dir's files next to them, so ``out_dir`` is a complete data dir of its own."""
-    data, out = DataDir(data_dir), Path(out_dir)
+    dir's files next to them, so ``out_dir`` is a complete data dir of its own. Refused while
+    another run writes one of the jobs."""
+    check_jobs(nj)
+    data, out = checked_data_dir(data_dir), Path(out_dir)
+    with contextlib.ExitStack() as locks:
+        for job in range(1, nj + 1):
+            locks.enter_context(job_lock(out, job))
+        _merge(data, out, nj)
+
+
+def _merge(data, out, nj):
     feats, frames = {}, {}
     for job in range(1, nj + 1):
         _, scp, u2nf = job_paths(out, job)
@@ -94,7 +153,7 @@ def merge_fbank_jobs(data_dir, out_dir, nj):
             raise DataDirError(f"{scp}: missing: feature job {job} of {nj} did not finish; rerun the stage")
         feats.update(read_table(scp))
         frames.update(read_table(u2nf))
-    if set(feats) != set(data.utts):
+    if set(feats) != set(data.utts) or set(frames) != set(feats):
         extra, missing = sorted(set(feats) - set(data.utts)), sorted(set(data.utts) - set(feats))
         raise DataDirError(f"{out}/data: features do not match {data.path} "
                            f"(missing: {missing[:3]}, not in data dir: {extra[:3]}); rerun the stage")
@@ -105,4 +164,3 @@ def merge_fbank_jobs(data_dir, out_dir, nj):
     write_table(out / "feats.scp", feats)
     n = sum(int(v) for v in frames.values())
     logging.info("%s: %d utterances, %d frames (%.2f hours)", out, len(feats), n, n / 100 / 3600)
-

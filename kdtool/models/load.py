@@ -52,6 +52,20 @@ def model_device(model):
     return next(model.parameters()).device
 
 
+def load_weights(path):
+    """The state dict saved at ``path``; a ValueError naming the file if it is damaged or cut short
+    (torch's own error names neither)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # RuntimeError from the zip reader, EOFError, UnpicklingError...
+        raise ValueError(f"{path}: cannot load the weights ({type(e).__name__}: {str(e).splitlines()[0]}): "
+                         "the file is damaged or incomplete (a copy cut short?); copy it again or rerun the "
+                         "training's averaging") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a model's state dict")
+    return state
+
+
 def load_trained(exp_dir, weights="model.pth", device="cpu"):
     """Raise a clear error if the dir lacks weights, or its token list does not fit its weights.
     The model goes to ``device`` (checked by resolve_device) in eval mode."""
@@ -66,7 +80,7 @@ def load_trained(exp_dir, weights="model.pth", device="cpu"):
     cmvn = load_cmvn(exp / "cmvn.ark")
     model = build_model({k: v for k, v in config.items() if k in MODEL_KEYS}, len(tokenizer),
                         input_size=cmvn.shape[1] - 1)
-    state = torch.load(exp / weights, map_location="cpu", weights_only=True)
+    state = load_weights(exp / weights)
     own = model.state_dict()
     wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

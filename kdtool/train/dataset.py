@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from kdtool.data.datadir import DataDir, DataDirError
 from kdtool.features.cmvn import load_cmvn, mean_std
+from kdtool.features.reader import read_checked
 
 IGNORE_ID = -1  # ESPnet's padding value for targets: ignored by its losses
 
@@ -34,6 +35,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             self._add_dir(d, tokenizer, require_text)  # tokenized now: errors show up before training
         self.utts = sorted(self._reader)
         self.cmvn = mean_std(load_cmvn(cmvn_path)) if cmvn_path is not None else None
+        self._dim = (len(self.cmvn[0]), str(cmvn_path)) if self.cmvn is not None else (None, None)
 
     def _add_dir(self, d, tokenizer, require_text):
         if not d.has("feats.scp"):
@@ -66,7 +68,11 @@ class SpeechDataset(torch.utils.data.Dataset):
         return len(self.utts)
 
     def __getitem__(self, utt):
-        feats = np.array(self._reader[utt][utt], dtype=np.float32)  # a copy: kaldiio's arrays are read-only
+        # checked (readable, dimension of the CMVN, frames of utt2num_frames, finite): a damaged ark
+        # fails here with its file and utterance, not as a numpy error in the model
+        feats = read_checked(lambda: self._reader[utt][utt], utt, self._dir[utt] / "feats.scp", self._dim[0],
+                             self.num_frames[utt], dim_from=self._dim[1])
+        feats = np.array(feats, dtype=np.float32)  # a copy: kaldiio's arrays are read-only
         if self.cmvn is not None:
             mean, std = self.cmvn
             feats = (feats - mean) / std
