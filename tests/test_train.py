@@ -189,3 +189,13 @@ def test_two_process_ddp_on_cpu_uses_the_same_command(tiny_features, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in p.stderr
     assert load_trained(tmp_path / "ddp").model.kind == "ctc"
+
+
+def test_patience_stops_a_training_whose_validation_loss_is_flat(tiny_features, tmp_path):
+    # lr 0: the validation loss never improves after epoch 1, so patience 1 ends the run after epoch 2 of 20
+    cfg = {**KINDS["ctc"], **TRAINING, "max_epoch": 20, "patience": 1, "keep_nbest_models": 1,
+           "optim_conf": {"lr": 0.0}}
+    info = run_train(cfg, tmp_path / "e", tiny_features)
+    _, valid_curve = read_metrics(tmp_path / "e" / "csv")
+    assert info["epochs"] == 2 and [e for e, _ in valid_curve] == [1, 2]
+    assert (tmp_path / "e" / "model.pth").exists()

@@ -18,6 +18,7 @@ TRAIN_DEFAULTS = {
     "scheduler_conf": {"warmup_steps": 2500},
     "grad_clip": 5.0,
     "keep_nbest_models": 5,     # average the N best checkpoints by validation loss
+    "patience": None,           # stop once the validation loss has not improved for N epochs (None: max_epoch)
     "seed": 0,
     "num_workers": 0,
     "precision": "auto",        # auto: bf16/16 mixed on GPU, 32 on CPU; or any lightning precision

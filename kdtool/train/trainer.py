@@ -21,7 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -101,6 +101,8 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
 
     ckpt = ModelCheckpoint(dirpath=exp / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                            monitor="valid/loss", mode="min", save_top_k=config["keep_nbest_models"], save_last=True)
+    # a converged model stops by itself: training "until the validation loss is flat" needs no guess of max_epoch
+    stop = [EarlyStopping("valid/loss", patience=config["patience"], mode="min")] if config["patience"] else []
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     precision = config["precision"]
     if precision == "auto":
@@ -108,7 +110,7 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
     trainer = L.Trainer(
         max_epochs=config["max_epoch"], accelerator=accelerator, devices=devices, num_nodes=num_nodes,
         precision=precision, gradient_clip_val=config["grad_clip"], accumulate_grad_batches=config["accum_grad"],
-        callbacks=[ckpt, TQDMProgressBar(refresh_rate=config["log_interval"])],
+        callbacks=[ckpt, *stop, TQDMProgressBar(refresh_rate=config["log_interval"])],
         # a resumed run logs to csv/version_<n+1>: lightning would overwrite the earlier run's metrics
         logger=[TensorBoardLogger(exp, name="tensorboard", version=""), CSVLogger(exp, name="csv")],
         log_every_n_steps=config["log_interval"], use_distributed_sampler=False,  # our sampler knows the ranks
