@@ -144,6 +144,14 @@ def test_soft_labels_are_pooled_to_a_coarser_student(tiny_teacher, tiny_features
     loss, stats = DistillLoss(1.0, 1.0)(student.train(), batch_of(ds))
     loss.backward()
     assert torch.isfinite(loss) and stats["loss_kd"] > 0
+    # the online teacher puts its posteriors on the student's frames the same way
+    student.eval()
+    soft = SoftLabelSet([dumps["dense"]], tiny_teacher / "tokens" / "tokens.txt", 1.0)
+    dense = DistillDataset(base, student, {"frame": soft})
+    offline = DistillLoss(1.0, 1.0)(student, batch_of(dense))[1]["loss_kd"]
+    online = DistillLoss(1.0, 1.0, None, OnlineTeacher(t, "frame_posteriors", 1.0, mean_std(t.cmvn)))(
+        student, batch_of(dense))[1]["loss_kd"]
+    assert online.item() == pytest.approx(offline.item(), rel=1e-4)
 
 
 def test_init_from_teacher_first_blocks_and_name_map(tiny_teacher):

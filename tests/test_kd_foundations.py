@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from kdtool.kd.forward_backward import ctc_occupancies, ctc_occupancies_batch
-from kdtool.kd.losses import hinton_kd_loss, kl_div_soft, pool_posteriors, pool_to_length, soften
+from kdtool.kd.losses import (FRONT_ENDS, conv_length, frame_grid, frame_groups, hinton_kd_loss, kl_div_soft,
+                              pool_to_grid, soften)
 from kdtool.kd.softlabels import (MissingSoftLabelError, SoftLabelError, SoftLabelReader, SoftLabelWriter,
                                   bytes_per_frame, merge_jobs, to_topk, tokens_sha256)
+from kdtool.models.asr import front_end, subsampled_length
+from kdtool.models.build import build_model
 
 torch.set_num_threads(1)
 V = 6
@@ -222,23 +225,93 @@ def test_writer_rejects_log_probabilities(tmp_path, tokens):
             w.write("spk-u0", UTTS["spk-u0"].log())
 
 
-# ---- pooling ------------------------------------------------------------------------------------
+# ---- pooling to the student's frame grid --------------------------------------------------------
 
-def test_pool_posteriors_averages_frame_pairs():
-    probs = rand_probs(8, V, seed=5)
-    pooled = pool_posteriors(probs, 2)
-    assert torch.allclose(pooled, (probs[0::2] + probs[1::2]) / 2, atol=1e-6)
-    odd = pool_posteriors(probs[:7], 2)  # a last, single frame stays itself
-    assert odd.shape == (4, V) and torch.allclose(odd[-1], probs[6], atol=1e-6)
-    assert torch.allclose(odd.sum(1), torch.ones(4), atol=1e-6)
+def spike_probs(n, label, at, seed=0):
+    """n frames of CTC-like posteriors: blank 0.97 and the rest spread at random, but frame ``at``: a spike
+    of ``label`` at 0.9, blank 0.08."""
+    g = torch.Generator().manual_seed(seed)
+    rest = torch.rand(n, V, generator=g)
+    rest[:, 0] = 0
+    probs = 0.03 * rest / rest.sum(1, keepdim=True)
+    probs[:, 0] = 0.97
+    probs[at] = 0.02 * rest[at] / rest[at].sum()
+    probs[at, 0], probs[at, label] = 0.08, 0.9
+    return probs / probs.sum(1, keepdim=True)
 
 
-def test_pool_to_length_keeps_mass_for_a_non_integer_ratio():
-    probs = rand_probs(9, V, seed=6)  # teacher at 4x, student at 6x: 9 frames -> 6, r = 1.5
-    out = pool_to_length(probs, 6)
-    assert out.shape == (6, V)
-    assert torch.allclose(out.sum(1), torch.ones(6), atol=1e-6)
-    assert torch.allclose(1.5 * out.sum(0), probs.sum(0), atol=1e-5)
-    # student frame 0 spans teacher [0, 1.5): frame 0 fully, frame 1 half
-    assert torch.allclose(out[0], (probs[0] + 0.5 * probs[1]) / 1.5, atol=1e-6)
-    assert torch.allclose(pool_to_length(probs[:8], 4), pool_posteriors(probs[:8], 2), atol=1e-6)
+@pytest.mark.parametrize("factor", [6, 8])
+def test_a_one_frame_spike_pooled_to_a_coarser_student_stays_the_argmax_of_its_student_frame(factor):
+    n_input = 403
+    n_t, n_s = conv_length(FRONT_ENDS[4], n_input), conv_length(FRONT_ENDS[factor], n_input)
+    s_offset = {6: 5, 8: 7}[factor]  # espnet conv2d6 / conv2d8: student frame j is centred on input 6j+5 / 8j+7
+    for i in range(n_t):
+        label = 1 + i % (V - 1)
+        pooled = pool_to_grid(spike_probs(n_t, label, i, seed=i), FRONT_ENDS[4], FRONT_ENDS[factor], n_s)
+        holder = min(n_s - 1, max(0, math.floor((4 * i + 3 - s_offset) / factor + 0.5)))  # nearest centre
+        assert pooled.shape == (n_s, V)
+        assert pooled[holder].argmax() == label, (i, pooled[holder])
+        others = [j for j in range(n_s) if j != holder]
+        assert (pooled[others].argmax(1) == 0).all()  # the spike appears nowhere else
+
+
+@pytest.mark.parametrize("teacher,student", [(4, 6), (4, 8), (6, 8), (8, 4), (4, 2), (4, 4)])
+def test_pooled_rows_stay_normalized_and_a_frame_alone_in_its_group_is_kept(teacher, student):
+    n_input = 257
+    n_t, n_s = conv_length(FRONT_ENDS[teacher], n_input), conv_length(FRONT_ENDS[student], n_input)
+    probs = rand_probs(n_t, V, seed=teacher * student)
+    pooled = pool_to_grid(probs, FRONT_ENDS[teacher], FRONT_ENDS[student], n_s)
+    assert pooled.shape == (n_s, V) and (pooled >= 0).all()
+    assert torch.allclose(pooled.sum(1), torch.ones(n_s), atol=1e-6)
+    groups = frame_groups(FRONT_ENDS[teacher], FRONT_ENDS[student], n_t, n_s)
+    alone = groups.sum(1) == 1  # none from 4x to 8x
+    assert torch.allclose(pooled[alone], groups[alone] @ probs, atol=1e-6)
+    if teacher == student:
+        assert torch.equal(groups, torch.eye(n_t)) and torch.allclose(pooled, probs, atol=1e-6)
+
+
+def test_two_frames_of_blank_half_pool_to_blank_a_quarter():
+    probs = torch.tensor([[0.5, 0.5, 0, 0, 0, 0], [0.5, 0, 0.5, 0, 0, 0]])
+    pooled = pool_to_grid(probs, FRONT_ENDS[4], FRONT_ENDS[8], 1)
+    assert torch.allclose(pooled, torch.tensor([[0.25, 0.375, 0.375, 0, 0, 0]]))
+
+
+def test_the_frame_map_lines_up_frame_centres():
+    # 4x -> 8x: student frame j (centre 8j+7) holds teacher frames 2j, 2j+1 (centres 8j+3, 8j+7); its last
+    # frame also takes the teacher frame past it
+    n_t, n_s = conv_length(FRONT_ENDS[4], 400), conv_length(FRONT_ENDS[8], 400)
+    assert (n_t, n_s) == (99, 49)
+    groups = frame_groups(FRONT_ENDS[4], FRONT_ENDS[8], n_t, n_s)
+    held = [g.nonzero().squeeze(1).tolist() for g in groups]
+    assert held[:-1] == [[2 * j, 2 * j + 1] for j in range(n_s - 1)] and held[-1] == [96, 97, 98]
+    # 4x -> 6x: {0, 1}, {2}, {3, 4}, {5}, ...: no teacher frame is split between two student frames
+    groups = frame_groups(FRONT_ENDS[4], FRONT_ENDS[6], 99, conv_length(FRONT_ENDS[6], 400))
+    assert [g.nonzero().squeeze(1).tolist() for g in groups[:4]] == [[0, 1], [2], [3, 4], [5]]
+    assert torch.equal(groups.sum(0), torch.ones(99))
+    # every teacher frame lies within half a student frame of the centre of the frame that holds it
+    for teacher, student in ((4, 6), (4, 8), (6, 8), (2, 4)):
+        n_t, n_s = conv_length(FRONT_ENDS[teacher], 400), conv_length(FRONT_ENDS[student], 400)
+        (t_off, t_str), (s_off, s_str) = frame_grid(FRONT_ENDS[teacher]), frame_grid(FRONT_ENDS[student])
+        holder = frame_groups(FRONT_ENDS[teacher], FRONT_ENDS[student], n_t, n_s).argmax(0)
+        inside = (t_off + t_str * torch.arange(n_t) - (s_off + s_str * holder)).abs() <= s_str / 2
+        assert inside[:-3].all(), (teacher, student)  # the last few go to the student's last frame
+
+
+@pytest.mark.parametrize("input_layer,factor", [("conv2d2", 2), ("conv2d", 4), ("conv2d6", 6), ("conv2d8", 8)])
+def test_frame_grid_is_the_centre_of_espnets_front_end_receptive_fields(input_layer, factor):
+    enc = {"output_size": 8, "attention_heads": 2, "linear_units": 8, "num_blocks": 1, "input_layer": input_layer}
+    model = build_model({"model": "ctc", "encoder_conf": enc}, V, input_size=16)
+    assert front_end(model) == FRONT_ENDS[factor]
+    assert conv_length(FRONT_ENDS[factor], 103) == subsampled_length(model, 103)
+    conv = model.encoder.embed.conv
+    for m in conv:
+        if isinstance(m, torch.nn.Conv2d):  # positive weights: every input frame of the field shows in the gradient
+            torch.nn.init.constant_(m.weight, 0.1)
+            torch.nn.init.zeros_(m.bias)
+    x = torch.ones(1, 1, 103, 16, requires_grad=True)
+    out = conv(x)  # [1, C, T', F']
+    offset, stride = frame_grid(front_end(model))
+    for t in range(out.shape[2]):
+        (field,) = torch.autograd.grad(out[0, :, t].sum(), x, retain_graph=True)
+        frames = field[0, 0].sum(1).nonzero().squeeze(1).float()
+        assert (frames.min() + frames.max()) / 2 == offset + stride * t

@@ -17,7 +17,7 @@ divided by the batch size::
 
 so an untranscribed utterance learns from the teacher alone. Where teacher and student encoders
 subsample differently (4x against 6x or 8x), frame posteriors are pooled to the student's frame
-rate (``kdtool.kd.losses.pool_to_length``).
+rate so that a CTC spike stays a spike (``kdtool.kd.losses.pool_spikes``).
 
 The student config is a training config (kdtool.train.config) plus::
 

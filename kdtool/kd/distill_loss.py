@@ -6,11 +6,11 @@ from torch.nn.utils.rnn import pad_sequence
 
 from kdtool.features.cmvn import mean_std
 from kdtool.kd.forward_backward import ctc_occupancies_batch
-from kdtool.kd.losses import hinton_kd_loss, pool_to_length, soften
+from kdtool.kd.losses import hinton_kd_loss, pool_to_grid, soften
 from kdtool.kd.nbest import nbest_weights
 from kdtool.kd.rnnt import lattice_kl, lattice_mask, lattice_occupancy, pad_lattices
 from kdtool.kd.softlabels import SoftLabelError
-from kdtool.models.asr import IGNORE_ID
+from kdtool.models.asr import IGNORE_ID, front_end
 
 
 class OnlineTeacher:
@@ -46,12 +46,15 @@ class OnlineTeacher:
         return probs, enc_lens, has
 
 
-def pool_batch(probs, teacher_lens, student_lens):
-    """Teacher posteriors [B, T_t, V] on the student's frames [B, T_s, V] (pooled where lengths differ)."""
+def pool_batch(probs, teacher_lens, student_lens, teacher_front_end, student_front_end, blank=0):
+    """Teacher posteriors [B, T_t, V] on the student's frames [B, T_s, V] (kdtool.kd.losses.pool_to_grid
+    where the front-ends differ)."""
+    if tuple(teacher_front_end) == tuple(student_front_end):
+        return probs
     out = probs.new_zeros(probs.shape[0], int(student_lens.max()), probs.shape[2])
     for b, (tl, sl) in enumerate(zip(teacher_lens.tolist(), student_lens.tolist())):
-        p = probs[b, :tl]
-        out[b, :sl] = p if tl == sl else pool_to_length(p, sl)
+        if tl > 0 and sl > 0:
+            out[b, :sl] = pool_to_grid(probs[b, :tl], teacher_front_end, student_front_end, sl, blank)
     return out
 
 
@@ -102,7 +105,8 @@ class DistillLoss:
         frames = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lens[:, None]
         if self.teacher is not None:
             probs, t_lens, has = self.teacher.posteriors(batch, enc.device)
-            teacher = pool_batch(probs, t_lens, enc_lens)
+            teacher = pool_batch(probs, t_lens, enc_lens, front_end(self.teacher.model), front_end(model),
+                                 self.teacher.model.blank)
         else:
             if "frame_ids" not in batch:
                 return enc.new_zeros(())

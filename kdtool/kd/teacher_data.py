@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from kdtool.kd.losses import pool_to_length
+from kdtool.kd.losses import FRONT_ENDS, conv_length, frame_grid, pool_to_grid
 from kdtool.kd.rnnt import from_matrix
 from kdtool.kd.softlabels import SoftLabelError, SoftLabelReader, index_by_utterance, to_topk
-from kdtool.models.asr import subsampled_length, subsampling_factor
+from kdtool.models.asr import front_end, subsampled_length, subsampling_factor
 from kdtool.train.dataset import collate
 
 
@@ -33,18 +33,33 @@ class SoftLabelSet:
     def dirs(self):
         return ", ".join(str(r.dir) for r in self.readers)
 
-    def frames(self, utt, student_frames, student_subsampling):
-        """Frame posteriors (ids [T_s, K], probs [T_s, K]) on the student's ``student_frames`` frames."""
+    def check_front_end(self, student_front_end):
+        """A dump whose teacher frames cannot be put on the student's is a SoftLabelError naming both rates."""
+        student = frame_grid(student_front_end)[1]
+        for r in self.readers:
+            sub = r.meta["subsampling"]
+            if sub != student and sub not in FRONT_ENDS:
+                raise SoftLabelError(f"{r.dir}: made by a teacher that subsamples {sub}x, whose frame positions "
+                                     f"kdtool does not know (espnet's conv2d front-ends: {sorted(FRONT_ENDS)}x), "
+                                     f"for a student that subsamples {student}x; give the student the teacher's "
+                                     "input_layer")
+
+    def frames(self, utt, student_frames, student_front_end, input_frames):
+        """Frame posteriors (ids [T_s, K], probs [T_s, K]) on the student's ``student_frames`` frames, put on
+        its grid where the teacher subsamples differently (kdtool.kd.losses.pool_to_grid)."""
         r = self._where[utt]
         ids, probs = r.sparse(utt)
-        if ids.shape[0] == student_frames:
+        sub = r.meta["subsampling"]
+        same = sub == frame_grid(student_front_end)[1]
+        expected = student_frames if same else conv_length(FRONT_ENDS[sub], input_frames)
+        if ids.shape[0] != expected:
+            raise SoftLabelError(f"{r.dir}: utterance {utt}: {ids.shape[0]} frames of soft labels, but its "
+                                 f"{input_frames} input frames give {expected} at the teacher's subsampling "
+                                 f"({sub}x); were the features recomputed after stage 4? Rerun stage 4")
+        if same:
             return ids, probs
-        if r.meta["subsampling"] == student_subsampling:
-            raise SoftLabelError(f"{r.dir}: utterance {utt}: {ids.shape[0]} frames of soft labels, but the student "
-                                 f"gives {student_frames} with the same subsampling ({student_subsampling}x); "
-                                 "were the features recomputed after stage 4? Rerun stage 4")
         dense = torch.zeros(ids.shape[0], r.width).scatter_(1, ids, probs)
-        pooled = pool_to_length(dense, student_frames)
+        pooled = pool_to_grid(dense, FRONT_ENDS[sub], student_front_end, student_frames)
         ratio = ids.shape[0] / student_frames  # teacher frames per student frame: the support can grow that much
         k = min(r.width, ids.shape[1] * (math.ceil(ratio) + 1))
         return to_topk(pooled, k)
@@ -74,10 +89,12 @@ class DistillDataset(torch.utils.data.Dataset):
 
     def __init__(self, base, student, sources, missing="error"):
         self.base, self.sources = base, sources
-        self.subsampling = subsampling_factor(student)
+        self.subsampling, self.front_end = subsampling_factor(student), front_end(student)
         self._student_frames = lambda n: subsampled_length(student, n)
         self.missing = {}
         untranscribed = [u for u in base.utts if u not in base._ys]
+        if "frame" in sources:
+            sources["frame"].check_front_end(self.front_end)
         for term, source in sources.items():
             needs = base.utts if term in ("frame", "seq") else [u for u in base.utts if u in base._ys]
             lacking = [u for u in needs if u not in source]
@@ -110,7 +127,8 @@ class DistillDataset(torch.utils.data.Dataset):
             if utt not in source or (term in ("token", "lattice") and not item["transcribed"]):
                 continue
             if term == "frame":
-                item["frame_ids"], item["frame_probs"] = source.frames(utt, frames, self.subsampling)
+                item["frame_ids"], item["frame_probs"] = source.frames(utt, frames, self.front_end,
+                                                                            self.base.num_frames[utt])
             elif term == "token":
                 item["token_ids"], item["token_probs"] = source.tokens(utt, n_tokens)
             elif term == "seq":

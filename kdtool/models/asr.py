@@ -280,6 +280,13 @@ def subsampled_length(model, n_frames):
     return n_frames
 
 
+def front_end(model):
+    """The (kernel, stride) along time of each convolution of the encoder's front-end: where its frames lie
+    (kdtool.kd.losses.frame_grid); () without a conv front-end."""
+    return tuple((m.kernel_size[0], m.stride[0]) for m in getattr(model.encoder.embed, "conv", [])
+                 if isinstance(m, torch.nn.Conv2d))
+
+
 def subsampling_factor(model, n=100000):
     """Input frames per encoder frame (4 for conv2d, 6 for conv2d6, 8 for conv2d8, 1 without subsampling)."""
     return max(1, round(n / subsampled_length(model, n)))
