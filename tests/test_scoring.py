@@ -47,11 +47,29 @@ def test_deletion_is_placed_where_the_word_is_missing():
 def test_mandarin_cer():
     ref = {"a1": "今天 天气 很好", "a2": "我爱北京"}
     hyp = {"a1": "今天天汽很好", "a2": "我爱北京天安门"}
-    s = score(ref, hyp).summary()
+    s = score(ref, hyp, cer_convention="no_space").summary()
     # Characters, spaces ignored: 1 substitution (气->汽) and 3 insertions over 10 characters.
     assert (s["n_chars"], s["char_cor"], s["char_sub"], s["char_del"], s["char_ins"]) == (10, 9, 1, 0, 3)
-    assert s["cer"] == pytest.approx(40.0)
+    assert s["cer"] == pytest.approx(40.0) and s["cer_convention"] == "no_space"
     assert s["n_words"] == 4 and s["n_utts"] == 2 and s["sentence_error_rate"] == 100.0
+    # ESPnet's convention (the default): the reference's two spaces are <space> tokens, deleted in the hypothesis.
+    s = score(ref, hyp).summary()
+    assert (s["n_chars"], s["char_cor"], s["char_sub"], s["char_del"], s["char_ins"]) == (12, 9, 1, 2, 3)
+    assert s["cer"] == pytest.approx(50.0) and s["cer_convention"] == "espnet"
+
+
+def test_cer_conventions_against_jiwer():
+    """ESPnet's CER counts a space like any character, as jiwer's does; no_space is jiwer's CER of the
+    texts with their spaces removed."""
+    rng = random.Random(3)
+    for _ in range(100):
+        ref = " ".join("".join(rng.choice("ab") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 5)))
+        hyp = " ".join("".join(rng.choice("ab") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(0, 5)))
+        assert score({"u": ref}, {"u": hyp}).summary()["cer"] == pytest.approx(100 * jiwer.cer(ref, hyp))
+        nospace = score({"u": ref}, {"u": hyp}, cer_convention="no_space").summary()["cer"]
+        assert nospace == pytest.approx(100 * jiwer.cer(ref.replace(" ", ""), hyp.replace(" ", "") or " "))
+    with pytest.raises(ValueError, match="unknown CER convention 'words'"):
+        score({"u": "a"}, {"u": "a"}, cer_convention="words")
 
 
 def test_empty_and_missing_hypotheses(caplog):
@@ -61,7 +79,8 @@ def test_empty_and_missing_hypotheses(caplog):
     s = res.summary()
     assert res.missing == ["u2"] and s["n_missing"] == 1
     assert (s["cor"], s["sub"], s["del"], s["ins"], s["n_words"]) == (1, 0, 5, 0, 6)
-    assert s["char_del"] == 5 and s["sentence_error_rate"] == pytest.approx(200 / 3)
+    # "A B C" and "D E" deleted: 5 letters and 3 <space> tokens
+    assert s["char_del"] == 8 and s["sentence_error_rate"] == pytest.approx(200 / 3)
     assert "1 of 3 utterances have no hypothesis" in caplog.text and "u2" in caplog.text
 
 
@@ -130,9 +149,9 @@ def test_score_cli(tmp_path, ref_dir):
     assert "WER 20.00%" in out.stdout and "RTF 0.2881" in out.stdout
     s = json.loads((dec / "score.json").read_text())
     assert s["wer"] == pytest.approx(20.0) and (s["sub"], s["del"], s["ins"], s["n_words"]) == (1, 1, 0, 10)
-    # Characters (38): THE deleted (3) and WORLD -> WORD (1 deletion).
-    assert (s["n_chars"], s["char_sub"], s["char_del"], s["char_ins"]) == (38, 0, 4, 0)
-    assert s["cer"] == pytest.approx(400 / 38) and s["sentence_error_rate"] == pytest.approx(200 / 3)
+    # Characters (38 letters, 7 <space> tokens): THE and a space deleted (4), WORLD -> WORD (1 deletion).
+    assert (s["n_chars"], s["char_sub"], s["char_del"], s["char_ins"]) == (45, 0, 5, 0)
+    assert s["cer"] == pytest.approx(500 / 45) and s["cer_convention"] == "espnet" and s["sentence_error_rate"] == pytest.approx(200 / 3)
     assert s["decode_seconds"] == pytest.approx(1.75) and s["audio_seconds"] == pytest.approx(6.075)
     assert s["rtf"] == pytest.approx(1.75 / 6.075)
     assert s["n_utts"] == 3 and s["n_missing"] == 0
@@ -141,7 +160,7 @@ def test_score_cli(tmp_path, ref_dir):
     blocks = (dec / "alignment.txt").read_text().split("\n\n")
     assert [b.splitlines()[0] for b in blocks if b.strip()] == ["id: u1", "id: u2", "id: u3"]
     assert "HYP:  HELLO WORD" in blocks[1] and "EVAL:       S" in blocks[1]
-    assert (dec / "alignment_char.txt").read_text().startswith("id: u1\nScores: (#C #S #D #I) 14 0 3 0\n")
+    assert (dec / "alignment_char.txt").read_text().startswith("id: u1\nScores: (#C #S #D #I) 18 0 4 0\n")
 
 
 def test_score_without_timing_or_info(tmp_path, ref_dir, caplog):
@@ -196,7 +215,7 @@ def test_make_results(tmp_path, ref_dir):
     assert rows[0] == "|model|kind|decode|test set|params (M)|size (MB)|WER|CER|S/D/I|RTF|"
     assert rows[2:] == [
         "|student_ctc|ctc|ctc_greedy|dev|1.50|5.90|0.00|0.00|0/0/0|0.0494|",
-        "|student_ctc|ctc|ctc_greedy|test|1.50|5.90|10.00|13.16|0/1/0|0.0494|",
+        "|student_ctc|ctc|ctc_greedy|test|1.50|5.90|10.00|13.33|0/1/0|0.0494|",  # " WORLD": 6 of 45 characters
         "|teacher_ar|ar|ar_beam10|dev|12.35|47.10|0.00|0.00|0/0/0|0.0494|",
         "|teacher_ar|ar|ar_beam10|test|12.35|47.10|0.00|0.00|0/0/0|0.0494|",
     ]

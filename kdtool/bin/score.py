@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kdtool.bin._common import run_main
 from kdtool.data.datadir import read_table
-from kdtool.scoring.wer import format_alignment, score
+from kdtool.scoring.wer import CER_CONVENTIONS, format_alignment, score
 from kdtool.utils.atomic import atomic_open, write_lines
 
 # Keys score.json always has, null when decode_info.json does not give them.
@@ -24,6 +24,9 @@ INFO_KEYS = ("model_dir", "method", "kind", "command", "params", "size_mb")
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ref", required=True, help="reference data dir with text and utt2num_frames")
+    p.add_argument("--cer_convention", default="espnet", choices=CER_CONVENTIONS,
+                   help="espnet: spaces between words are <space> tokens (ESPnet's, jiwer's CER); "
+                        "no_space: spaces left out")
     p.add_argument("decode_dir", help="decode dir with text, decode_time, decode_info.json")
     return p
 
@@ -57,12 +60,12 @@ def timing(ref_dir, decode_dir, utts):
     return dec_s, audio_s, rtf
 
 
-def score_decode_dir(ref_dir, decode_dir):
+def score_decode_dir(ref_dir, decode_dir, cer_convention="espnet"):
     """Score ``decode_dir`` against ``ref_dir``, write its score.json and alignments; return the dict."""
     ref_dir, decode_dir = Path(ref_dir), Path(decode_dir)
     ref = read_table(ref_dir / "text", allow_empty=True)
     hyp = read_table(decode_dir / "text", allow_empty=True)
-    res = score(ref, hyp)
+    res = score(ref, hyp, cer_convention)
 
     info_file = decode_dir / "decode_info.json"
     info = dict.fromkeys(INFO_KEYS)
@@ -92,7 +95,7 @@ def score_decode_dir(ref_dir, decode_dir):
 
 def main():
     args = get_parser().parse_args()
-    r = score_decode_dir(args.ref, args.decode_dir)
+    r = score_decode_dir(args.ref, args.decode_dir, args.cer_convention)
     rtf = "n/a" if r["rtf"] is None else f"{r['rtf']:.4f}"
     print(f"{args.decode_dir}: WER {r['wer']:.2f}% (S {r['sub']} D {r['del']} I {r['ins']} / {r['n_words']} words), "
           f"CER {r['cer']:.2f}%, RTF {rtf}, {r['n_utts']} utts ({r['n_missing']} missing)")

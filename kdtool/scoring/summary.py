@@ -4,14 +4,25 @@ the KD terms it used, its twin (the same student trained without KD) and what KD
 Rows are what ``exp/results.json`` holds (a plot or a benchmark can be redone from it without parsing
 Markdown). Keys: name, kind, params, size_mb, teacher, kd, twin, decode, dev_wer, test_wer, test_cer, rtf,
 soft_label_bytes_per_frame, config, command; plus untranscribed (the student also learnt from the
-untranscribed pool), compression_pct (params saved against the teacher) and
-dev/test_wer_rel_pct (relative WER change against the twin, negative = better).
+untranscribed pool), compression_pct (params saved against the teacher),
+dev/test_wer_rel_pct (relative WER change against the twin, negative = better) with its paired-bootstrap
+interval dev/test_wer_rel_ci, dev/test_p_improvement and dev/test_significant (see bootstrap.py), and
+comparisons: every paired bootstrap of the row (against its twin, the greedy decoding of the same model,
+its teacher; on each set both were decoded on).
+
+Seeds: an exp dir named <model>_seed<N> (kd.sh --student_seeds) is one run of <model>; its row has
+model and seed, its twin is the twin's run of the same seed, and the rows of several seeds also get the
+comparisons on their pooled utterances (pooled_seeds), which RESULTS.md shows.
 """
 import json
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import yaml
+
+from kdtool.scoring.bootstrap import paired_bootstrap, pool, read_alignment
 
 KD_TERM_NAMES = {"frame": "frame", "token": "token", "seq": "sequence", "lattice": "lattice"}
 KIND_ORDER = ("ar", "nar", "ctc", "transducer")
@@ -45,13 +56,19 @@ def _config_path(model_dir, info):
 
 
 def _scores(model_dir):
-    """{decode method: {test set: score.json}} for one model dir."""
+    """{decode method: {test set: (score.json, decode dir)}} for one model dir."""
     out = {}
     for path in sorted(model_dir.glob("decode_*/score.json")):
         s = _read_json(path)
         test_set = s.get("test_set") or path.parent.name.rsplit("_", 1)[-1]
-        out.setdefault(s.get("method") or path.parent.name, {})[test_set] = s
+        out.setdefault(s.get("method") or path.parent.name, {})[test_set] = (s, path.parent)
     return out
+
+
+def split_seed(name):
+    """(model, seed) of an exp dir name: nar_student_seed2 -> (nar_student, 2); (name, None) without a seed."""
+    m = re.fullmatch(r"(.+)_seed(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (name, None)
 
 
 def busy(score):
@@ -63,13 +80,48 @@ def busy(score):
 
 def _twin(row, rows):
     """The same student trained without KD: a KD-free row of the same kind, size and decoding method
-    (the one sharing the longest name prefix when several match)."""
+    (the model sharing the longest name prefix when several match), its run of the same seed."""
     if not row["kd"]:
         return None
     same = [r for r in rows if not r["kd"] and r["teacher"] is None and r["kind"] == row["kind"]
             and r["params"] == row["params"] and r["decode"] == row["decode"]]
-    same.sort(key=lambda r: (-len(os.path.commonprefix([r["name"], row["name"]])), r["name"]))
-    return same[0]["name"] if same else None
+    if not same:
+        return None
+    model = min(same, key=lambda r: (-len(os.path.commonprefix([r["model"], row["model"]])), r["model"]))["model"]
+    run = _same_seed(row, [r for r in same if r["model"] == model])
+    return run["name"] if run else None
+
+
+def _same_seed(row, runs):
+    """The run of ``runs`` (one model's rows) paired with ``row``: the same seed, else the model's only
+    run when it has no seeds (a teacher, a twin trained once)."""
+    paired = [r for r in runs if r["seed"] == row["seed"]]
+    if paired:
+        return paired[0]
+    return runs[0] if len(runs) == 1 and runs[0]["seed"] is None else None
+
+
+def _greedy(row, rows):
+    """The greedy decoding of the same model for a beam-search row: maskctc_beam -> maskctc_greedy,
+    transducer_beam -> transducer_greedy, else the CTC head's ctc_greedy."""
+    method = row["method"] or row["decode"]
+    if "_beam" not in method:
+        return None
+    same_model = [r for r in rows if r["name"] == row["name"] and r is not row]
+    for target in (method.split("_beam")[0] + "_greedy", "ctc_greedy"):
+        match = [r for r in same_model if target in (r["method"], r["decode"])]
+        if match:
+            return match[0]
+    return None
+
+
+def _teacher_row(row, rows):
+    """The teacher's row with the same decoding, else the teacher's best on dev."""
+    runs = [r for r in rows if r["name"] == row["teacher"]]
+    same = [r for r in runs if r["decode"] == row["decode"]]
+    if same or not runs:
+        return same[0] if same else None
+    return min(runs, key=lambda r: (r["dev_wer"] is None, r["dev_wer"] or 0.0, r["decode"]))
 
 
 def _rel(value, base):
@@ -87,18 +139,22 @@ def model_rows(exp_dir, dev_set, test_set):
         kd_terms = info.get("kd_terms") or []
         teacher = info.get("teacher") if kd_terms else None  # a twin is trained by stage 5 too, without KD
         kd_conf = config.get("kd_conf") or {}
+        model, seed = split_seed(model_dir.name)
         for decode, by_set in sorted(_scores(model_dir).items()):
-            dev, test = by_set.get(dev_set, {}), by_set.get(test_set, {})
+            dev, test = by_set.get(dev_set, ({},))[0], by_set.get(test_set, ({},))[0]
+            method = (test.get("config") or dev.get("config") or {}).get("method")
             rows.append({
-                "name": model_dir.name, "kind": info.get("kind"), "params": info.get("params"),
+                "name": model_dir.name, "model": model, "seed": seed, "kind": info.get("kind"),
+                "params": info.get("params"),
                 "size_mb": info.get("size_mb"), "teacher": Path(teacher).name if teacher else None,
                 "kd": [KD_TERM_NAMES.get(t, t) for t in kd_terms], "twin": None,
                 "untranscribed": bool(kd_terms and kd_conf.get("untranscribed")),
-                "decode": decode, "dev_wer": dev.get("wer"), "test_wer": test.get("wer"),
+                "decode": decode, "method": method, "dev_wer": dev.get("wer"), "test_wer": test.get("wer"),
                 "test_cer": test.get("cer"), "rtf": test.get("rtf"), "rtf_busy": busy(test),
                 "soft_label_bytes_per_frame": _bytes_per_frame(config) if teacher else None,
                 "config": _config_path(model_dir, info), "command": info.get("command"),
                 "compression_pct": None, "dev_wer_rel_pct": None, "test_wer_rel_pct": None,
+                "decode_dirs": {x: str(d) for x, (_, d) in sorted(by_set.items())},
             })
     by_name = {r["name"]: r for r in rows}
     for row in rows:
@@ -115,6 +171,7 @@ def model_rows(exp_dir, dev_set, test_set):
             twin["compression_pct"] = row["compression_pct"]
         row["dev_wer_rel_pct"] = _rel(row["dev_wer"], twin["dev_wer"])
         row["test_wer_rel_pct"] = _rel(row["test_wer"], twin["test_wer"])
+    add_comparisons(rows, dev_set, test_set)
     # families: a teacher with everything distilled from it (a twin joins its distilled versions' family)
     family = {r["name"]: _root(r, by_name)["name"] for r in rows}
     for row in rows:
@@ -138,6 +195,90 @@ def _kind_index(kind):
 
 def _order(row, root):
     # a family together (the AR teacher, its NAR and CTC students; the transducer and its chain), the
-    # teacher first, bigger students first, a twin before its distilled versions
+    # teacher first, bigger students first, a twin before its distilled versions, a model's seeds together
     return (_kind_index(root["kind"]), root["name"], row["name"] != root["name"], _kind_index(row["kind"]),
-            -(row["params"] or 0), row["name"].split("_kd")[0], bool(row["kd"]), row["name"], row["decode"])
+            -(row["params"] or 0), row["model"].split("_kd")[0], bool(row["kd"]), row["model"], row["decode"],
+            row["seed"] or 0)
+
+
+def _against(row, rows):
+    """[(what, other row)] that ``row`` is compared with: its twin, its greedy decoding, its teacher."""
+    twin = next((r for r in rows if r["name"] == row["twin"] and r["decode"] == row["decode"]), None)
+    teacher = _teacher_row(row, rows) if row["teacher"] else None
+    return [(what, other) for what, other in (("twin", twin), ("greedy", _greedy(row, rows)),
+                                              ("teacher", teacher)) if other is not None]
+
+
+def _compare(pairs, what, test_set, counts):
+    """The paired bootstrap of (row, other row) ``pairs`` (one per seed) on ``test_set``; None when a
+    decode dir or its alignment is missing."""
+    loaded = []
+    for row, other in pairs:
+        dirs = [row["decode_dirs"].get(test_set), other["decode_dirs"].get(test_set)]
+        if None in dirs:
+            return None
+        for d in dirs:
+            if d not in counts:
+                counts[d] = read_alignment(d)
+        if counts[dirs[0]] is None or counts[dirs[1]] is None:
+            return None
+        loaded.append((counts[dirs[0]], counts[dirs[1]]))
+    seeds = [row["seed"] for row, _ in pairs]
+    return {"against": what, "other": pairs[0][1]["model"] if len(pairs) > 1 else pairs[0][1]["name"],
+            "set": test_set, "pooled_seeds": seeds if len(pairs) > 1 else None,
+            **paired_bootstrap(*pool(loaded))}
+
+
+def add_comparisons(rows, dev_set, test_set):
+    """Every row's paired bootstraps (``comparisons``; the twin's on dev and test also as flat keys),
+    and those on the pooled utterances of each model's seeds, added to each of its seeds' rows."""
+    counts = {}  # decode dir -> UttCounts: each alignment is read once
+    for row in rows:
+        row["comparisons"] = []
+        for what, other in _against(row, rows):
+            for x in _sets(row, other, dev_set):
+                c = _compare([(row, other)], what, x, counts)
+                if c:
+                    row["comparisons"].append(c)
+        for prefix, x in (("dev", dev_set), ("test", test_set)):
+            c = next((c for c in row["comparisons"] if c["against"] == "twin" and c["set"] == x), None)
+            row[f"{prefix}_wer_rel_ci"] = c and c["rel_pct_ci"]
+            row[f"{prefix}_p_improvement"] = c and c["p_improvement"]
+            row[f"{prefix}_significant"] = c and c["significant"]
+    for group in seed_groups(rows):
+        if len(group) < 2:
+            continue
+        pooled = []
+        for what, _ in _against(group[0], rows):
+            pairs = [(row, other) for row in group for w, other in _against(row, rows) if w == what]
+            if len(pairs) < 2:
+                continue
+            for x in _sets(pairs[0][0], pairs[0][1], dev_set):
+                c = _compare(pairs, what, x, counts)
+                if c:
+                    pooled.append(c)
+        for row in group:
+            row["comparisons"] += pooled
+
+
+def _sets(row, other, dev_set):
+    """The sets both rows were decoded on, dev first."""
+    both = set(row["decode_dirs"]) & set(other["decode_dirs"])
+    return sorted(both, key=lambda x: (x != dev_set, x))
+
+
+def seed_groups(rows):
+    """The rows grouped by (model, decoding): one group per row of RESULTS.md, the seeds' runs together,
+    in the order of ``rows``."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["decode"]), []).append(row)
+    return list(groups.values())
+
+
+def mean_std(values):
+    """(mean, sample standard deviation) of the non-None ``values``; (None, None) if none, std None for one."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)

@@ -1,7 +1,9 @@
 """Word and character error rates by Levenshtein alignment, with per-utterance alignments.
 
-Word level splits on whitespace; character level takes the characters with all whitespace removed,
-so Mandarin (no spaces) and English are scored alike.
+Word level splits on whitespace. Character level follows ESPnet's convention by default: the characters,
+each space between words a ``<space>`` token (so a missed word boundary is an error, as jiwer's CER
+counts it too); ``no_space`` (kdtool's earlier CER) leaves the spaces out, so Mandarin written with or
+without spaces between words scores alike.
 """
 import logging
 import unicodedata
@@ -12,6 +14,8 @@ import numpy as np
 from kdtool.data.datadir import c_sorted
 
 GAP = "***"
+SPACE = "<space>"
+CER_CONVENTIONS = ("espnet", "no_space")
 
 
 @dataclass
@@ -99,8 +103,13 @@ def words(text):
     return text.split()
 
 
-def chars(text):
-    return list("".join(text.split()))
+def chars(text, convention="espnet"):
+    """The character tokens of ``text`` under a CER convention (see the module doc)."""
+    if convention == "no_space":
+        return list("".join(text.split()))
+    if convention != "espnet":
+        raise ValueError(f"unknown CER convention {convention!r} (one of {', '.join(CER_CONVENTIONS)})")
+    return [SPACE if ch == " " else ch for ch in " ".join(text.split())]
 
 
 @dataclass
@@ -109,6 +118,7 @@ class ScoreResult:
     char: Counts = field(default_factory=Counts)
     n_utts: int = 0
     n_sent_err: int = 0
+    cer_convention: str = "espnet"
     missing: list = field(default_factory=list)
     word_pairs: dict = field(default_factory=dict)  # utt -> aligned (ref, hyp, op) word pairs
     char_pairs: dict = field(default_factory=dict)
@@ -122,11 +132,13 @@ class ScoreResult:
             "n_utts": self.n_utts, "n_missing": len(self.missing), "n_sentence_errors": self.n_sent_err,
             "n_words": w.n_ref, "cor": w.cor, "sub": w.sub, "del": w.dele, "ins": w.ins,
             "n_chars": c.n_ref, "char_cor": c.cor, "char_sub": c.sub, "char_del": c.dele, "char_ins": c.ins,
+            "cer_convention": self.cer_convention,
         }
 
 
-def score(ref, hyp):
-    """Score hypotheses ``{utt: text}`` against references ``{utt: text}``.
+def score(ref, hyp, cer_convention="espnet"):
+    """Score hypotheses ``{utt: text}`` against references ``{utt: text}`` (characters under
+    ``cer_convention``, see the module doc).
 
     A reference utterance without hypothesis is scored as all deletions (and listed in
     ``missing``); a hypothesis without reference, or an empty reference, is a ValueError.
@@ -135,7 +147,8 @@ def score(ref, hyp):
     if extra:
         raise ValueError(f"hypothesis for utterance {extra[0]} has no reference"
                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    res = ScoreResult()
+    chars(".", cer_convention)  # an unknown convention fails before any work
+    res = ScoreResult(cer_convention=cer_convention)
     for utt in c_sorted(ref):
         if not ref[utt].strip():
             raise ValueError(f"utterance {utt}: empty reference")
@@ -143,7 +156,7 @@ def score(ref, hyp):
             res.missing.append(utt)
         text = hyp.get(utt, "")
         wc, res.word_pairs[utt] = align(words(ref[utt]), words(text))
-        cc, res.char_pairs[utt] = align(chars(ref[utt]), chars(text))
+        cc, res.char_pairs[utt] = align(chars(ref[utt], cer_convention), chars(text, cer_convention))
         res.word += wc
         res.char += cc
         res.n_utts += 1
