@@ -325,6 +325,26 @@ def test_error_paths_fail_before_training(tiny_teacher, tiny_features, dumps, tm
         assert not (tmp_path / e / "checkpoints").exists()
 
 
+def test_fb_posteriors_are_refused_at_a_temperature_other_than_1(tiny_teacher, tiny_features, dumps, tmp_path):
+    from kdtool.kd.distill import resolve_kd_conf
+    tokens = tiny_teacher / "tokens" / "tokens.txt"
+    assert len(SoftLabelSet([dumps["fb"]], tokens, 1.0).readers) == 1  # T = 1: used as they are
+    with pytest.raises(SoftLabelError, match=r"fb: fb_posteriors are CTC forward-backward occupancies, made at "
+                                             r"temperature 1.0 \(untempered\), but kd_conf.temperature is 2.0; "
+                                             r"set kd_conf.temperature: 1, or use frame_posteriors dumped at T=2.0"):
+        SoftLabelSet([dumps["fb"]], tokens, 2.0)
+    # through the command line: one line, before training
+    cfg = write_cfg(tmp_path / "t2.yaml", alpha=0.5, temperature=2.0)
+    one_line_error(cli(*cli_args(tiny_features, tiny_teacher, cfg, tmp_path / "e", dumps["fb"])),
+                   r"fb_posteriors are CTC forward-backward occupancies, .* but kd_conf.temperature is 2.0")
+    assert not (tmp_path / "e" / "checkpoints").exists()
+    # the online teacher's occupancies: refused in the config
+    with pytest.raises(ConfigError, match=r"s.yaml: kd_conf: online_type fb_posteriors gives untempered "
+                                          r"forward-backward occupancies, but temperature is 2.0; set temperature: 1"):
+        resolve_kd_conf({"online": True, "online_type": "fb_posteriors", "temperature": 2.0}, "s.yaml")
+    assert resolve_kd_conf({"online": True, "online_type": "frame_posteriors", "temperature": 2.0})
+
+
 def test_corrupt_ark_names_the_ark_and_utterance(tiny_teacher, tiny_features, dumps, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(dumps["top4"], bad)

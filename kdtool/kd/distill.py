@@ -24,7 +24,8 @@ The student config is a training config (kdtool.train.config) plus::
     kd_conf:
       alpha: 0.5              # weight of KD; 0 trains the student on its transcripts alone
       temperature: 1.0        # T: the student is softened at T, terms scaled by T^2; frame, token and
-                              # lattice dumps must have been made at the same T (fb posteriors: any)
+                              # lattice dumps must have been made at the same T; fb posteriors (dumped
+                              # or online) only at T = 1 (kdtool.kd.teacher_data.SoftLabelSet says why)
       frame_weight: 1.0       # the KD terms' weights (a term of weight 0 reads nothing)
       token_weight: 0.0
       seq_weight: 0.0
@@ -89,6 +90,10 @@ def resolve_kd_conf(conf, source="config"):
             raise ConfigError(f"{source}: kd_conf: {term}_weight must be 0 or more")
     if conf["online_type"] not in FRAME_TYPES:
         raise ConfigError(f"{source}: kd_conf: online_type must be one of {FRAME_TYPES}")
+    if conf["online"] and conf["online_type"] == "fb_posteriors" and conf["temperature"] != 1:
+        raise ConfigError(f"{source}: kd_conf: online_type fb_posteriors gives untempered forward-backward "
+                          f"occupancies, but temperature is {conf['temperature']}; set temperature: 1, or use "
+                          "online_type: frame_posteriors (kdtool.kd.teacher_data.SoftLabelSet says why)")
     if conf["lattice_nodes"] not in ("all", "occupancy"):
         raise ConfigError(f"{source}: kd_conf: lattice_nodes must be all or occupancy, not {conf['lattice_nodes']!r}")
     if conf["missing"] not in ("error", "skip"):

@@ -16,11 +16,26 @@ from kdtool.train.dataset import collate
 class SoftLabelSet:
     """Stage-4 dumps of one term read as one (e.g. forward-backward posteriors of the training set
     and frame posteriors of the untranscribed pool). Checked when opened: every dump was made with
-    the student's token list, and (except forward-backward posteriors) at the KD temperature."""
+    the student's token list, and at the KD temperature.
+
+    Forward-backward posteriors are used at T = 1 only, and refused at any other T: they are
+    occupancies of the alignments of the transcript, not a softmax of logits, so they are exactly 0
+    on every token outside the transcript. Tempering them (p^(1/T), renormalized) would add none of
+    the knowledge that T exists for, only blur the alignment between blank and the transcript's
+    labels; using them untempered against a student softened at T (what kdtool did before) pulls the
+    student toward a target sharper than its own, with the T^2 scaling meant for softened targets,
+    and mixes them inconsistently with T-tempered frame posteriors of the untranscribed pool. At
+    T != 1, frame posteriors dumped at T carry what tempering is for."""
 
     def __init__(self, dump_dirs, tokens_path, temperature):
         self.readers = [SoftLabelReader(d, tokens_path=tokens_path) for d in dump_dirs]
         for r in self.readers:
+            if r.type == "fb_posteriors" and not math.isclose(temperature, 1.0):
+                raise SoftLabelError(f"{r.dir}: fb_posteriors are CTC forward-backward occupancies, made at "
+                                     f"temperature {r.meta['temperature']} (untempered), but kd_conf.temperature "
+                                     f"is {temperature}; set kd_conf.temperature: 1, or use frame_posteriors "
+                                     f"dumped at T={temperature} (kd_conf.frame_labels: frame_posteriors, stage 4's "
+                                     "soft_label_temperature)")
             if r.type != "fb_posteriors" and not math.isclose(r.meta["temperature"], temperature):
                 raise SoftLabelError(f"{r.dir}: {r.type} dumped at temperature {r.meta['temperature']}, "
                                      f"but kd_conf.temperature is {temperature}; redump at T={temperature} "
