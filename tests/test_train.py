@@ -130,6 +130,29 @@ def test_unknown_config_key_fails_before_training(tmp_path, tiny_features):
         run_train({**TRAINING, "model": "rnnt"}, tmp_path / "e2", f)
 
 
+def test_seed_option_replaces_the_configs_seed(tiny_features, tmp_path):
+    """kd.sh --student_seeds trains one config once per seed: --seed N is that run's seed (stage 5's
+    distill takes the same option), so the run starts from other weights."""
+    from kdtool.bin.distill import get_parser as distill_parser
+
+    cfg = {**KINDS["ctc"], **TRAINING, "max_epoch": 1, "keep_nbest_models": 1}
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    f = tiny_features
+    subprocess.run([sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
+                    "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
+                    "--exp_dir", str(tmp_path / "seed3"), "--accelerator", "cpu", "--seed", "3"],
+                   check=True, capture_output=True)
+    run_train(cfg, tmp_path / "seed0", f)
+    assert yaml.safe_load((tmp_path / "seed3" / "config.yaml").read_text())["seed"] == 3
+    assert yaml.safe_load((tmp_path / "seed0" / "config.yaml").read_text())["seed"] == 0
+    w3, w0 = (torch.load(tmp_path / e / "model.pth") for e in ("seed3", "seed0"))
+    assert not all(torch.equal(w3[k], w0[k]) for k in w0)
+    args = distill_parser().parse_args(["--config", "c", "--train_data", "t", "--valid_data", "v", "--token_list",
+                                        "k", "--cmvn", "m", "--exp_dir", "e", "--seed", "2"])
+    assert args.seed == 2
+
+
 def test_empty_data_set_fails_before_training(tiny_features, tmp_path):
     empty = tmp_path / "empty"
     shutil.copytree(tiny_features["feats"], empty)

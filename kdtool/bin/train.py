@@ -27,7 +27,14 @@ def get_parser(description=__doc__):
     p.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
     p.add_argument("--devices", default="auto", help="number of GPUs (or 'auto')")
     p.add_argument("--num_nodes", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None,
+                   help="replaces the config's seed (initial weights, batch order, dropout): one run per seed")
     return p
+
+
+def with_seed(config, seed):
+    """``config`` with its seed replaced by ``seed`` unless that is None."""
+    return config if seed is None else {**config, "seed": seed}
 
 
 def devices(args):
@@ -37,7 +44,7 @@ def devices(args):
 
 def main():
     args = get_parser().parse_args()
-    train(load_config(args.config), args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
+    train(with_seed(load_config(args.config), args.seed), args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
           devices=devices(args), num_nodes=args.num_nodes, accelerator=args.accelerator,
           extra_info={"config": args.config, "command": command_line("kdtool.bin.train")})
 

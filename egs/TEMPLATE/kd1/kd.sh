@@ -48,6 +48,9 @@ nbest_untrans=true      # N-best lists on untrans_set too (only students that le
 soft_label_dir=""       # stage 4 writes <soft_label_dir>/<type>_<set> (default: ${kd_teacher}/soft_labels)
 # Stage 5: students; each config's kd_conf names the KD terms and the dumps it learns from
 student_configs=""      # student configs (model + training + kd_conf), space separated
+student_seeds=""        # train each student config once per seed ("1 2 3": exp/<name>_seed1 ..., the config's seed
+                        # replaced); RESULTS.md then gives mean and std over the seeds and a paired bootstrap
+                        # on their pooled utterances. Empty: once, with the config's seed. Chains train once.
 chains=""               # progressive distillation: chains of student configs, comma-separated within a
                         # chain ("a.yaml,b.yaml c.yaml": a then b distilled from a, and c alone)
 chain_teacher=""        # exp dir that starts every chain (e.g. exp/transducer_teacher)
@@ -58,6 +61,7 @@ decode_jobs=1           # decodes run side by side in stage 6 (each one thread: 
 models=""               # exp dirs to decode (default: every trained model under expdir)
 results=RESULTS.md      # stage 7's table (plots go to plots/ beside it; the rows also to ${expdir}/results.json)
 results_notes=          # a Markdown file of findings written by hand (e.g. local/results_notes.md), put under the table
+cer_convention=espnet   # espnet: a space between words is a <space> token of the CER; no_space: spaces left out
 
 help_message="Usage: $0 [options]   (see the option list below; recipes pass theirs from run.sh)"
 . utils/parse_options.sh
@@ -193,16 +197,17 @@ dump_knowledge() {
 # exp_of CONFIG: the exp dir a config trains
 exp_of() { echo "${expdir}/$(basename "$1" .yaml | sed 's/^train_//')"; }
 
-# distill CONFIG TEACHER SOFT_LABEL_DIR: stage 5 for one student, into exp/<config name without train_>
+# distill CONFIG TEACHER SOFT_LABEL_DIR [SEED]: stage 5 for one student, into exp/<config name without train_>
+# (with a SEED: exp/<config name without train_>_seed<SEED>, the config's seed replaced)
 distill() {
-  local exp; exp=$(exp_of "$1")
+  local exp; exp=$(exp_of "$1")${4:+_seed$4}
   log "Stage 5: distilling ${exp} ($1) from $2; log: ${exp}/train.log"
   keep_log "${exp}/train.log"
   ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
     python -m kdtool.bin.distill --config "$1" --train_data "${dumpdir}/fbank/${train_sp}" \
       ${untrans_set:+--untrans_data "${dumpdir}/fbank/${untrans_set}"} --valid_data "${dumpdir}/fbank/${valid_set}" \
       --teacher_dir "$2" --soft_label_dir "$3" --token_list "${token_dir}" \
-      --cmvn "${dumpdir}/fbank/${train_sp}/cmvn.ark" --exp_dir "${exp}" \
+      --cmvn "${dumpdir}/fbank/${train_sp}/cmvn.ark" --exp_dir "${exp}" ${4:+--seed "$4"} \
       --accelerator "$([ "${ngpu}" -gt 0 ] && echo gpu || echo cpu)" --devices "$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo 1)"
   last_student=${exp}
 }
@@ -243,6 +248,9 @@ run_chain() {
 }
 
 if in_stages 5; then
+  for seed in ${student_seeds}; do
+    [[ "${seed}" =~ ^[0-9]+$ ]] || { echo "$0: --student_seeds: '${seed}' is not a seed (integers >= 0, space separated)" >&2; exit 1; }
+  done
   # side by side, two jobs must not train the same exp dir (chains may share a first stage only when run one by one)
   dups=$(for c in ${student_configs} ${chains//,/ }; do exp_of "${c}"; done | sort | uniq -d | xargs)
   if [ -n "${dups}" ] && [ "${train_jobs}" -gt 1 ]; then
@@ -254,7 +262,9 @@ if in_stages 5; then
     bg "${train_jobs}" run_chain "${chain}"
   done
   for config in ${student_configs}; do
-    bg "${train_jobs}" distill "${config}" "${kd_teacher}" "${soft_label_dir}"
+    for seed in ${student_seeds:-default}; do  # default: the config's own seed, exp dir without _seed
+      bg "${train_jobs}" distill "${config}" "${kd_teacher}" "${soft_label_dir}" "${seed#default}"
+    done
   done
   bg_wait
   stage_done 5
@@ -297,7 +307,7 @@ if in_stages 7; then
     for config in $(decode_dirs "${model}"); do
       name=$(basename "${config}" .yaml | sed 's/^decode_//')
       for x in ${decode_sets}; do
-        python -m kdtool.bin.score --ref "${dumpdir}/fbank/${x}" "${model}/decode_${name}_${x}"
+        python -m kdtool.bin.score --ref "${dumpdir}/fbank/${x}" --cer_convention "${cer_convention}" "${model}/decode_${name}_${x}"
       done
     done
   done
