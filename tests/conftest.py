@@ -48,7 +48,8 @@ def copy_egs(dst):
     """Copy the recipes (symlinks kept) under ``dst`` with ``dst/tools`` pointing at the real tools,
     so that a recipe's path.sh finds the installed venv."""
     shutil.copytree(REPO / "egs", dst / "egs", symlinks=True,
-                    ignore=shutil.ignore_patterns("data", "dump", "exp", "exp_fast", "RESULTS.md", "plots"))
+                    ignore=shutil.ignore_patterns("data", "dump", "exp", "data_fast", "dump_fast", "exp_fast",
+                                                  "RESULTS.md", "plots"))
     (dst / "tools").symlink_to(REPO / "tools")
     return dst / "egs"
 

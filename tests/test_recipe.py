@@ -16,6 +16,7 @@ from kdtool.kd.softlabels import SoftLabelReader
 from kdtool.tokens import Tokenizer
 
 SETS = ("train", "dev", "test", "test_unseen", "untrans")
+DATA, DUMP = "data_fast", "dump_fast"  # --fast's own dirs: a full run never reads its tiny corpus
 # the whole --fast recipe runs in the module fixture, charged to the first test (~6 min on 2 idle cores)
 pytestmark = pytest.mark.timeout(1800)
 
@@ -27,8 +28,8 @@ def run(recipe, *args, check=True):
     return p
 
 
-def feats_of(recipe, name):
-    return dict(kaldiio.load_scp(str(recipe / "dump" / "fbank" / name / "feats.scp")).items())
+def feats_of(recipe, name, dump=DUMP):
+    return dict(kaldiio.load_scp(str(recipe / dump / "fbank" / name / "feats.scp")).items())
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +42,21 @@ def mini_en(tmp_path_factory):
 
 def test_stages_1_and_2_make_valid_data_features_and_tokens(mini_en):
     for name in SETS:
-        for top in ("data", "dump/fbank"):  # both are complete Kaldi data dirs
-            validate_data_dir(mini_en / top / name, check_audio=(top == "data"), sample_rate=16000,
-                              require_text=(name != "untrans"))
-        d = DataDir(mini_en / "dump" / "fbank" / name)
+        for top in (DATA, f"{DUMP}/fbank"):  # both are complete Kaldi data dirs
+            validate_data_dir(mini_en / top / name, check_audio=(top == DATA), sample_rate=16000,
+                              require_text=(name != "untrans"), check_feats=(top != DATA))
+        d = DataDir(mini_en / DUMP / "fbank" / name)
         feats = feats_of(mini_en, name)
         assert list(feats) == d.utts
         assert all(f.shape[1] == 80 and f.dtype == np.float32 for f in feats.values())
         assert {u: int(n) for u, n in d.read("utt2num_frames").items()} == {u: f.shape[0] for u, f in feats.items()}
         for f in ("text", "spk2utt"):
-            if (mini_en / "data" / name / f).exists():
-                assert (mini_en / "data" / name / f).read_text() == (d.path / f).read_text()
-    assert kaldiio.load_mat(str(mini_en / "dump/fbank/train/cmvn.ark")).shape == (2, 81)
-    tok = Tokenizer(mini_en / "data/token_list/char")
-    text = DataDir(mini_en / "data/train").read("text")
+            if (mini_en / DATA / name / f).exists():
+                assert (mini_en / DATA / name / f).read_text() == (d.path / f).read_text()
+    assert kaldiio.load_mat(str(mini_en / DUMP / "fbank/train/cmvn.ark")).shape == (2, 81)
+    assert not (mini_en / "data").exists() and not (mini_en / "dump").exists()  # a full run's dirs: untouched
+    tok = Tokenizer(mini_en / DATA / "token_list/char")
+    text = DataDir(mini_en / DATA / "train").read("text")
     assert all(tok.ids2text(tok.text2ids(t)) == t for t in text.values())
     times = [ln.split("\t")[0] for ln in (mini_en / "exp_fast/stage_times.tsv").read_text().splitlines()]
     assert times == ["1", "2", "3", "4", "5", "6", "7"]
@@ -75,7 +77,7 @@ def test_teachers_are_trained_decoded_and_scored(mini_en):
     labels = exp / "ar_teacher" / "soft_labels"
     for name, n, topk in (("frame_posteriors_train", 300, 8), ("frame_posteriors_untrans", 60, 8),
                           ("fb_posteriors_train", 300, 8), ("fb_posteriors_dense_train", 300, None)):
-        reader = SoftLabelReader(labels / name, tokens_path=mini_en / "data/token_list/char/tokens.txt")
+        reader = SoftLabelReader(labels / name, tokens_path=mini_en / DATA / "token_list/char/tokens.txt")
         assert len(reader) == n and reader.topk == topk
         utt = reader.keys()[0]
         assert torch.allclose(reader.dense(utt).sum(-1), torch.ones(1), atol=1e-4)
@@ -122,13 +124,13 @@ def test_teachers_are_trained_decoded_and_scored(mini_en):
 
 def test_rerunning_a_stage_alone_gives_the_same_result(mini_en):
     before = feats_of(mini_en, "dev")
-    tokens = (mini_en / "data/token_list/char/tokens.txt").read_text()
+    tokens = (mini_en / DATA / "token_list/char/tokens.txt").read_text()
     out = run(mini_en, "--fast", "--stage", "2", "--stop_stage", "2").stdout
     assert "Stage 1:" not in out and "Stage 2:" in out
     after = feats_of(mini_en, "dev")
     assert list(before) == list(after)
     assert all(np.array_equal(before[u], after[u]) for u in before)
-    assert (mini_en / "data/token_list/char/tokens.txt").read_text() == tokens
+    assert (mini_en / DATA / "token_list/char/tokens.txt").read_text() == tokens
 
 
 def test_decoding_a_model_that_was_never_trained_fails_clearly(mini_en):
@@ -151,11 +153,11 @@ def test_bad_audio_stops_stage_1_with_the_utterance_named(mini_en):
     (recipe / "local" / "data.sh").write_text(textwrap.dedent("""\
         #!/usr/bin/env bash
         set -e
-        sed -i 's|^\\(\\S*\\) .*|\\1 sox -n -r 8000 -b 16 -t wav - synth 0.5 sine 440 \\||' data/dev/wav.scp
+        sed -i 's|^\\(\\S*\\) .*|\\1 sox -n -r 8000 -b 16 -t wav - synth 0.5 sine 440 \\||' data_fast/dev/wav.scp
         """))
     p = run(recipe, "--fast", "--stop_stage", "1", check=False)
     assert p.returncode != 0
-    assert "data/dev/wav.scp: utterance" in p.stderr and "sample rate 8000 Hz, expected 16000 Hz" in p.stderr
+    assert "data_fast/dev/wav.scp: utterance" in p.stderr and "sample rate 8000 Hz, expected 16000 Hz" in p.stderr
 
 
 def test_a_new_corpus_is_a_copied_recipe_with_its_own_data_sh(tmp_path, tiny_wavs):
@@ -196,5 +198,5 @@ def test_a_new_corpus_is_a_copied_recipe_with_its_own_data_sh(tmp_path, tiny_wav
         """))
     run(recipe, "--stop_stage", "2")
     assert DataDir(recipe / "dump/fbank/train").utts == ["spka-u1", "spka-u2", "spka-u3"]
-    assert len(feats_of(recipe, "dev")) == 3
+    assert len(feats_of(recipe, "dev", dump="dump")) == 3
     assert "<space>" in (recipe / "data/token_list/char/tokens.txt").read_text().split()

@@ -12,11 +12,12 @@ run_start=$(date +%s)
 stage=1                 # first stage to run
 stop_stage=7            # last stage to run
 nj=4                    # parallel jobs for data stages
+datadir=data            # data dirs and token lists (local/data.sh must write its sets there)
 dumpdir=dump            # features
 expdir=exp              # models, soft labels, decodes
 # Stage 1: data
 local_data_opts=""      # options for local/data.sh
-train_set=train         # transcribed training data (data/<name>)
+train_set=train         # transcribed training data (<datadir>/<name>)
 valid_set=dev           # validation data
 test_sets="test"        # evaluation data, space separated
 untrans_set=""          # untranscribed pool for distillation (no text), optional
@@ -70,7 +71,7 @@ help_message="Usage: $0 [options]   (see the option list below; recipes pass the
 . ./cmd.sh
 
 [ -n "${speed_perturb_factors}" ] && train_sp=${train_set}_sp || train_sp=${train_set}
-if [ "${token_type}" = bpe ]; then token_dir=data/token_list/bpe_${bpe_model_type}${nbpe}; else token_dir=data/token_list/char; fi
+if [ "${token_type}" = bpe ]; then token_dir=${datadir}/token_list/bpe_${bpe_model_type}${nbpe}; else token_dir=${datadir}/token_list/char; fi
 all_sets=$(echo ${train_sp} ${valid_set} ${test_sets} ${untrans_set} | tr " " "\n" | awk '!seen[$0]++' | tr "\n" " ")
 # stages 4 and 6: the runner and device of the teacher's and the decoders' jobs
 if ${gpu_inference}; then infer_cmd=${cuda_cmd}; infer_device=cuda; else infer_cmd=${decode_cmd}; infer_device=cpu; fi
@@ -119,10 +120,10 @@ if in_stages 1; then
   # shellcheck disable=SC2086
   local/data.sh ${local_data_opts}
   for x in ${train_set} ${valid_set} ${test_sets}; do
-    python -m kdtool.bin.validate_data_dir --audio --sample-rate "${fs}" --require-text "data/${x}"
+    python -m kdtool.bin.validate_data_dir --audio --sample-rate "${fs}" --require-text "${datadir}/${x}"
   done
   for x in ${untrans_set}; do
-    python -m kdtool.bin.validate_data_dir --audio --sample-rate "${fs}" "data/${x}"
+    python -m kdtool.bin.validate_data_dir --audio --sample-rate "${fs}" "${datadir}/${x}"
   done
   stage_done 1
 fi
@@ -130,17 +131,17 @@ fi
 if in_stages 2; then
   log "Stage 2: fbank features (${n_mels} bins), global CMVN, token list (${token_dir})"
   if [ -n "${speed_perturb_factors}" ]; then
-    python -m kdtool.bin.speed_perturb --factors ${speed_perturb_factors} "data/${train_set}" "data/${train_sp}"
+    python -m kdtool.bin.speed_perturb --factors ${speed_perturb_factors} "${datadir}/${train_set}" "${datadir}/${train_sp}"
   fi
   for x in ${all_sets}; do
     ${train_cmd} JOB=1:"${nj}" "${dumpdir}/fbank/${x}/log/fbank.JOB.log" \
       python -m kdtool.bin.compute_fbank --nj "${nj}" --job JOB --fs "${fs}" --num_mel_bins "${n_mels}" \
-        "data/${x}" "${dumpdir}/fbank/${x}"
-    python -m kdtool.bin.compute_fbank --nj "${nj}" --merge "data/${x}" "${dumpdir}/fbank/${x}"
+        "${datadir}/${x}" "${dumpdir}/fbank/${x}"
+    python -m kdtool.bin.compute_fbank --nj "${nj}" --merge "${datadir}/${x}" "${dumpdir}/fbank/${x}"
   done
   python -m kdtool.bin.compute_cmvn "${dumpdir}/fbank/${train_sp}/feats.scp" "${dumpdir}/fbank/${train_sp}/cmvn.ark"
   python -m kdtool.bin.make_tokens --token_type "${token_type}" --vocab_size "${nbpe}" \
-    --bpe_model_type "${bpe_model_type}" "data/${train_set}/text" "${token_dir}"
+    --bpe_model_type "${bpe_model_type}" "${datadir}/${train_set}/text" "${token_dir}"
   stage_done 2
 fi
 

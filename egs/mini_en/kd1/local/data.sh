@@ -19,9 +19,11 @@ n_teacher_train=0      # also data/train_teacher: the first N utterances of the 
 n_heldout_voices=10    # voices heard only in test_unseen
 fast=false             # tiny corpus for tests and CI
 nj=4
-corpus=data/local/mini_en
+datadir=data           # where the data dirs go (./run.sh --fast: data_fast)
+corpus=                # the synthesized audio (default: <datadir>/local/mini_en)
 help_message="Usage: local/data.sh [options]"
 . utils/parse_options.sh
+corpus=${corpus:-${datadir}/local/mini_en}
 
 if ${fast}; then
   vocab_size=300; n_train=300; n_dev=30; n_test=30; n_test_unseen=30; n_untrans=60
@@ -32,7 +34,7 @@ python local/synth_corpus.py plan --seed "${seed}" --vocab_size "${vocab_size}" 
   --n_heldout_voices "${n_heldout_voices}" "${corpus}"
 ${train_cmd} JOB=1:"${nj}" "${corpus}/log/synth.JOB.log" \
   python local/synth_corpus.py synth --job JOB --nj "${nj}" "${corpus}"
-python local/synth_corpus.py datadirs "${corpus}" data
+python local/synth_corpus.py datadirs "${corpus}" "${datadir}"
 for x in train dev test test_unseen untrans $([ "${n_teacher_train}" -gt 0 ] && echo train_teacher); do
-  python -m kdtool.bin.fix_data_dir "data/${x}"
+  python -m kdtool.bin.fix_data_dir "${datadir}/${x}"
 done
