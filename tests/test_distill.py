@@ -129,6 +129,33 @@ def test_online_teacher_equals_the_dump(tiny_teacher, tiny_features, dumps):
         assert online.item() == pytest.approx(offline.item(), rel=1e-4)
 
 
+def test_online_fb_teacher_skips_and_counts_an_utterance_too_short_for_its_transcript(tiny_teacher, tiny_features,
+                                                                                     tmp_path, caplog):
+    t = load_trained(tiny_teacher)
+    student = build_model({"model": "ctc", "encoder_conf": ENC}, len(t.tokenizer)).eval()
+    src = tiny_features["feats"]
+    frames = read_table(src / "utt2num_frames")
+    utts = sorted(frames)
+    short = utts[0]
+    data = subset(src, tmp_path / "long_text", utts)
+    text = read_table(data / "text")
+    text[short] = " ".join([text[short]] * (int(frames[short]) // 4 // len(text[short]) + 2))  # > its teacher frames
+    write_table(data / "text", text)
+    base = SpeechDataset(data, t.tokenizer, tiny_features["cmvn"])
+    teacher = OnlineTeacher(t, "fb_posteriors", 1.0, mean_std(t.cmvn))
+    batch = collate([base[u] for u in utts])
+    with caplog.at_level("WARNING"):
+        loss, stats = DistillLoss(1.0, 1.0, None, teacher)(student, batch)
+        DistillLoss(1.0, 1.0, None, teacher)(student, batch)  # seen again: not counted twice
+    assert torch.isfinite(loss) and teacher.skipped == {short}
+    warnings = [r.getMessage() for r in caplog.records if "online teacher" in r.getMessage()]
+    assert len(warnings) == 1 and short in warnings[0] and "(1 utterances skipped so far)" in warnings[0]
+    # the others' frame term is what it is without that utterance (KL summed over utterances, / batch size)
+    others = collate([base[u] for u in utts[1:]])
+    rest = DistillLoss(1.0, 1.0, None, teacher)(student, others)[1]["loss_kd"]
+    assert stats["loss_kd"].item() * len(utts) == pytest.approx(rest.item() * (len(utts) - 1), rel=1e-4)
+
+
 @pytest.mark.parametrize("input_layer,factor", [("conv2d6", 6), ("conv2d8", 8)])
 def test_soft_labels_are_pooled_to_a_coarser_student(tiny_teacher, tiny_features, dumps, input_layer, factor):
     t = load_trained(tiny_teacher)

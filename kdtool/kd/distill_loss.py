@@ -1,11 +1,13 @@
 """The stage-5 training loss: supervised + the weighted KD terms (see kdtool.kd.distill), and the
 online teacher that gives the frame term without a dump."""
+import logging
+
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from kdtool.features.cmvn import mean_std
-from kdtool.kd.forward_backward import ctc_occupancies_batch
+from kdtool.kd.forward_backward import ctc_min_length, ctc_occupancies_batch
 from kdtool.kd.losses import hinton_kd_loss, pool_to_grid, soften
 from kdtool.kd.nbest import nbest_weights
 from kdtool.kd.rnnt import lattice_kl, lattice_mask, lattice_occupancy, pad_lattices
@@ -16,7 +18,10 @@ from kdtool.models.asr import IGNORE_ID, front_end
 class OnlineTeacher:
     """The teacher model run on each batch (no dump): frame posteriors at temperature T, or
     forward-backward occupancies for transcribed utterances. It sees the features before SpecAugment
-    (the student's augmentation is applied inside the student's encoder)."""
+    (the student's augmentation is applied inside the student's encoder). An utterance whose teacher
+    frames are too few for its transcript (no CTC alignment) gets no occupancies and trains without
+    the frame term, as the supervised CTC loss (zero_infinity) leaves it out; ``skipped`` holds those
+    seen so far, each logged once with the running count."""
 
     def __init__(self, trained, type, temperature, student_cmvn):
         self.model = trained.model.eval().requires_grad_(False)
@@ -26,6 +31,7 @@ class OnlineTeacher:
         t_mean, t_std = mean_std(trained.cmvn)
         self.scale = torch.from_numpy((s_std / t_std).astype(np.float32))
         self.shift = torch.from_numpy(((s_mean - t_mean) / t_std).astype(np.float32))
+        self.skipped = set()
 
     @torch.no_grad()
     def posteriors(self, batch, device):
@@ -36,7 +42,13 @@ class OnlineTeacher:
         log_probs = self.model.ctc_log_probs(enc)
         if self.type == "frame_posteriors":
             return soften(log_probs, self.temperature).exp(), enc_lens, torch.ones_like(batch["transcribed"])
-        has = batch["transcribed"]
+        has = batch["transcribed"].clone()
+        lens = enc_lens.tolist()
+        for b in has.nonzero().squeeze(1).tolist():
+            need = max(1, ctc_min_length(batch["ys"][b, :int(batch["ys_lens"][b])]))
+            if lens[b] < need:
+                has[b] = False
+                self._skip(batch["utts"][b], lens[b], int(batch["ys_lens"][b]), need)
         probs = torch.zeros_like(log_probs)
         if has.any():
             idx = has.nonzero().squeeze(1)
@@ -44,6 +56,13 @@ class OnlineTeacher:
             probs[idx] = ctc_occupancies_batch(log_probs[idx], enc_lens[idx], ys, batch["ys_lens"][idx],
                                                blank=self.model.blank)
         return probs, enc_lens, has
+
+    def _skip(self, utt, frames, tokens, need):
+        if utt not in self.skipped:
+            self.skipped.add(utt)
+            logging.warning("online teacher: utterance %s: %d encoder frames cannot align its %d-token transcript "
+                            "(CTC needs at least %d): trained without the frame term (%d utterances skipped so far)",
+                            utt, frames, tokens, need, len(self.skipped))
 
 
 def pool_batch(probs, teacher_lens, student_lens, teacher_front_end, student_front_end, blank=0):
