@@ -131,3 +131,32 @@ def test_a_student_config_twice_is_refused_when_trainings_run_side_by_side(recip
     assert p.returncode != 0, p.stdout + p.stderr
     assert "exp/ctc_student: trained by more than one job of stage 5; with --train_jobs 2" in p.stderr
     assert not (recipe / "exp" / "ctc_student").exists()  # refused before anything started
+
+
+def test_student_seeds_train_one_exp_dir_per_seed(recipe, tiny_features, tiny_teacher):
+    """--student_seeds "1 2": the config trained twice, into exp/<name>_seed1 and _seed2, each with its seed;
+    a seed that is not a number fails before any training."""
+    fbank = recipe / "dump" / "fbank" / "tiny"
+    fbank.unlink()
+    shutil.copytree(tiny_features["feats"], fbank)
+    shutil.copy(tiny_features["cmvn"], fbank / "cmvn.ark")
+    (recipe / "data" / "token_list").mkdir(parents=True)
+    (recipe / "data" / "token_list" / "char").symlink_to(tiny_features["tokens"])
+    args = ["./kd.sh", "--stage", "5", "--stop_stage", "5", "--train_set", "tiny", "--valid_set", "tiny",
+            "--token_type", "char", "--kd_teacher", str(tiny_teacher), "--soft_label_dir", "soft",
+            "--student_configs", "conf/fast/train_ctc_student.yaml"]
+    p = subprocess.run([*args, "--student_seeds", "1 x"], cwd=recipe, env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0 and "--student_seeds: 'x' is not a seed (integers >= 0" in p.stderr, p.stderr
+    assert not (recipe / "exp").exists() or not any((recipe / "exp").glob("ctc_student*"))
+    p = subprocess.run([*args, "--student_seeds", "1 2"], cwd=recipe, env=ENV, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(d.name for d in (recipe / "exp").glob("ctc_student*")) == ["ctc_student_seed1", "ctc_student_seed2"]
+    weights = {}
+    for seed in (1, 2):
+        exp = recipe / "exp" / f"ctc_student_seed{seed}"
+        assert yaml.safe_load((exp / "config.yaml").read_text())["seed"] == seed
+        assert f"--seed {seed}" in json.loads((exp / "model_info.json").read_text())["command"]
+        weights[seed] = torch.load(exp / "model.pth")
+    assert not all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
