@@ -114,6 +114,10 @@ def _write_job(data, wav_scp, utts, ark, scp, name, sample_rate, num_mel_bins, c
                     samples, _ = load_audio(wav_scp[utt], expected_rate=sample_rate, timeout=cmd_timeout)
                 except AudioError as e:
                     raise DataDirError(f"{where}: {e}") from None
+                window = int(sample_rate * FBANK_OPTS["frame_length"] / 1000)
+                if len(samples) < window:  # torchaudio asserts on it; no frame could hold speech anyway
+                    raise DataDirError(f"{where}: audio too short: {len(samples)} samples, one "
+                                       f"{FBANK_OPTS['frame_length']:g} ms window needs {window}; drop the utterance")
                 feats = fbank(samples, sample_rate, num_mel_bins)
                 if feats.shape[0] == 0:
                     raise DataDirError(f"{where}: audio too short for one 10 ms frame")
