@@ -115,6 +115,34 @@ def test_a_training_stopped_by_sigterm_fails_and_the_rerun_resumes(tiny_features
     assert p.returncode == 0 and "resuming from" in p.stderr and (exp / "model.pth").exists()
 
 
+def test_the_log_of_a_training_outside_a_terminal_has_plain_lines_and_no_progress_bar(tiny_features, tmp_path):
+    """What kd.sh writes to exp/*/train.log: stderr is a file, not a terminal."""
+    import re
+    conf = tmp_path / "train.yaml"
+    conf.write_text(yaml.safe_dump({**KINDS["ctc"], **TRAINING, "log_interval": 2}))
+    f = tiny_features
+    log = tmp_path / "train.log"
+    with open(log, "w") as out:
+        subprocess.run([sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data",
+                        str(f["feats"]), "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn",
+                        str(f["cmvn"]), "--exp_dir", str(tmp_path / "exp"), "--accelerator", "cpu", "--devices", "1"],
+                       stdout=out, stderr=subprocess.STDOUT, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    text = log.read_text()
+    assert "\r" not in text and "it/s" not in text, text[-2000:]
+    number = r"\d+\.\d+"
+    steps = re.findall(rf"epoch 1/2, step (\d+)/(\d+): loss={number}, loss_ctc={number}, lr=\S+, {number} steps/s, "
+                       r"\d+ frames/s", text)
+    assert steps and all(int(s) % 2 == 0 for s, _ in steps), text[-2000:]
+    for epoch in (1, 2):
+        line = re.search(rf"epoch {epoch}/2 done in {number} s \((\d+) steps\): train loss=({number}), "
+                         rf"loss_ctc={number}; valid loss=({number}), loss_ctc={number}; lr=(\S+)", text)
+        assert line, text[-2000:]
+        assert int(line[1]) == int(steps[0][1]) and float(line[4]) > 0
+    # the epoch's validation loss is the one the checkpoints were chosen by
+    valid = [v for _, v in read_metrics(tmp_path / "exp" / "csv")[1]]
+    assert float(line[3]) == pytest.approx(valid[-1], abs=1e-3)
+
+
 def test_unknown_config_key_fails_before_training(tmp_path, tiny_features):
     conf = tmp_path / "bad.yaml"
     conf.write_text(yaml.safe_dump({**KINDS["ctc"], **TRAINING, "max_epochs": 3}))

@@ -48,7 +48,7 @@ class ASRTask(L.LightningModule):
         n = len(batch["utts"])
         self.log_dict({f"train/{k}": v for k, v in stats.items()}, batch_size=n, prog_bar=False)
         self.log("loss", stats["loss"], batch_size=n, prog_bar=True, logger=False)
-        return loss
+        return {"loss": loss, "stats": stats}  # stats: for kdtool.train.progress.LogLines
 
     def validation_step(self, batch, _):
         loss, stats = supervised_loss(self.model, batch)

@@ -32,6 +32,7 @@ from kdtool.train.config import model_part
 from kdtool.train.dataset import SpeechDataset, build_dataloader
 from kdtool.train.module import ASRTask
 from kdtool.train.plot import plot_learning_curve
+from kdtool.train.progress import LogLines
 from kdtool.train.sampler import BucketBatchSampler
 from kdtool.utils.atomic import atomic_open, atomic_path
 
@@ -107,10 +108,13 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
     precision = config["precision"]
     if precision == "auto":
         precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
+    # a progress bar on a terminal; in a log file (kd.sh's train.log) plain periodic lines instead
+    tty = sys.stderr.isatty()
+    bar = [TQDMProgressBar(refresh_rate=config["log_interval"])] if tty else []
     trainer = L.Trainer(
         max_epochs=config["max_epoch"], accelerator=accelerator, devices=devices, num_nodes=num_nodes,
         precision=precision, gradient_clip_val=config["grad_clip"], accumulate_grad_batches=config["accum_grad"],
-        callbacks=[ckpt, *stop, TQDMProgressBar(refresh_rate=config["log_interval"])],
+        callbacks=[ckpt, *stop, *bar, LogLines(config["log_interval"], periodic=not tty)], enable_progress_bar=tty,
         # a resumed run logs to csv/version_<n+1>: lightning would overwrite the earlier run's metrics
         logger=[TensorBoardLogger(exp, name="tensorboard", version=""), CSVLogger(exp, name="csv")],
         log_every_n_steps=config["log_interval"], use_distributed_sampler=False,  # our sampler knows the ranks
