@@ -2,6 +2,7 @@
 message naming the file, the utterance and what is wrong; nothing silently writes wrong output.
 (tests/test_reliability.py feeds a larger table of bad inputs through the entry points.)"""
 import logging
+import subprocess
 import sys
 
 import kaldiio
@@ -143,8 +144,19 @@ def test_job_options_that_would_run_the_wrong_work_are_refused(tiny_datadir, tmp
 
 def test_a_command_that_reads_stdin_does_not_hang(tiny_datadir, tmp_path):
     set_entry(tiny_datadir, "spka-u2", "cat |")  # would wait for a terminal forever
-    code, log = cli("validate_data_dir", "--audio", tiny_datadir.path)
-    assert code == 1 and "wav.scp: utterance spka-u2: cannot read audio cat |" in log
+    # run as from a terminal: our stdin stays open and silent, so a command that inherited it would wait
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "kdtool.bin.validate_data_dir", "--audio", str(tiny_datadir.path)],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            proc.wait(timeout=120)  # not communicate(): it would close our end of stdin
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("validate_data_dir hung on a wav.scp command that reads stdin")
+        finally:
+            proc.stdin.close()
+    assert proc.returncode == 1
+    assert "wav.scp: utterance spka-u2: cannot read audio cat |" in (tmp_path / "err").read_text()
 
 
 def test_a_command_that_never_ends_times_out(tiny_datadir, tiny_wavs, tmp_path):
