@@ -16,6 +16,10 @@ install_requires = [
     "tensorboard==2.21.0",
     "matplotlib==3.10.9",
     "tqdm==4.70.1",
+    # export and deployment (kdtool.export): sherpa-onnx 2.0.1 bundles its own onnxruntime
+    "onnx==1.23.2",
+    "onnxruntime==1.31.1",
+    "sherpa-onnx==2.0.1",
 ]
 
 setup(

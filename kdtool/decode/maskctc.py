@@ -26,7 +26,8 @@ from espnet2.asr.decoder.mlm_decoder import MLMDecoder
 
 def check_model(model):
     decoder = getattr(model, "decoder", None)
-    if not isinstance(decoder, MLMDecoder):
+    # masked_lm: the exported decoder graph in onnxruntime (kdtool.decode.onnx)
+    if not (isinstance(decoder, MLMDecoder) or getattr(decoder, "masked_lm", False)):
         raise ValueError(f"maskctc decoding needs a model with a masked-LM (mlm) decoder; this {model.kind} model "
                          f"has {'none' if decoder is None else type(decoder).__name__}")
 

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from kdtool.data.datadir import c_sorted
-from kdtool.decode import maskctc
+from kdtool.decode import maskctc, onnx
 from kdtool.decode.ar import ARBeamSearch
 from kdtool.decode.ctc import ctc_greedy_search
 from kdtool.decode.streaming import streaming_greedy
@@ -106,6 +106,38 @@ METHODS = {
                                    _needs_streaming_encoder, _streaming_search,
                                    lambda o: f"streaming_chunk{o['chunk_size']}"),
 }
+BACKENDS = ("torch", "onnx", "onnx_int8")  # onnx: the exported graphs (kdtool.export) in onnxruntime
+
+
+def _onnx_streaming_search(model, options):
+    """transducer_streaming on the exported chunk-step graphs: their left context is fixed at export."""
+    if model.kind != "transducer":
+        raise ValueError(f"transducer_streaming decodes transducer exports, not a {model.kind} export")
+    left = int(model.export.metadata["left_context"])
+    if options["left_context"] not in (0, left):
+        raise ValueError(f"{model.export.export_dir}: exported with left_context {left}, not {options['left_context']}; "
+                         f"decode with left_context 0 or {left}, or export again with --left_context")
+
+    def search(feats, feats_lens):
+        return [onnx.streaming_greedy(model, f[:n], options["chunk_size"], options["max_symbols_per_frame"])
+                for f, n in zip(feats, feats_lens.tolist())]
+    search.takes_feats = True
+    return search
+
+
+# The methods the onnx backend runs: the same search code on the graphs (kdtool.decode.onnx), or its own.
+def _export_has_ctc(model):
+    if not model.ctc:
+        raise ValueError(f"{model.export.export_dir}: ctc_greedy needs the CTC graph (model.onnx); "
+                         f"a {model.kind} export has none")
+
+
+ONNX_METHODS = {"ctc_greedy": Method(METHODS["ctc_greedy"].defaults, _export_has_ctc, METHODS["ctc_greedy"].build,
+                                     METHODS["ctc_greedy"].name),
+                "maskctc_greedy": METHODS["maskctc_greedy"],
+                "maskctc_beam": METHODS["maskctc_beam"],
+                "transducer_streaming": Method(METHODS["transducer_streaming"].defaults, lambda m: None,
+                                               _onnx_streaming_search, METHODS["transducer_streaming"].name)}
 # tsd emits at most max_sym_exp - 1 labels per frame: 1 would emit none
 MINIMUM = {"batch_size": 1, "beam_size": 1, "max_symbols_per_frame": 1, "max_sym_exp": 2, "u_max": 1,
            "n_iterations": 0, "chunk_size": 1, "left_context": 0}
@@ -141,38 +173,67 @@ def load_decode_config(path):
     return resolve_decode_config(read_yaml(path, "decode config"), source=str(path))
 
 
-def decode_inputs(model_dir, data_dir, method, options):
-    """What a decode dir's hypotheses depend on: the weights, the features' index and the config."""
-    return {"model_sha256": file_sha256(Path(model_dir) / "model.pth"),
-            "feats_scp_sha256": file_sha256(Path(data_dir) / "feats.scp"),
-            "config": {"method": method, **options}}
+def default_export_dir(model_dir):
+    return Path(model_dir) / "export"
 
 
-def up_to_date(out_dir, model_dir, data_dir, method, options):
+def decode_inputs(model_dir, data_dir, method, options, backend="torch", export_dir=None):
+    """What a decode dir's hypotheses depend on: the weights, the features' index and the config
+    (and for the onnx backends, the graphs: export_info.json holds their sha256)."""
+    inputs = {"model_sha256": file_sha256(Path(model_dir) / "model.pth"),
+              "feats_scp_sha256": file_sha256(Path(data_dir) / "feats.scp"),
+              "config": {"method": method, **options}}
+    if backend != "torch":
+        export_dir = Path(export_dir or default_export_dir(model_dir))
+        inputs.update(backend=backend, export_info_sha256=file_sha256(export_dir / "export_info.json"))
+    return inputs
+
+
+def up_to_date(out_dir, model_dir, data_dir, method, options, backend="torch", export_dir=None):
     """Whether ``out_dir``'s text was made from these inputs (a rerun of stage 6 skips such dirs;
     retrained weights or another config decode again)."""
     info_path = Path(out_dir) / "decode_info.json"
     if not (info_path.exists() and (Path(out_dir) / "text").exists()):
         return False
     try:
-        return json.loads(info_path.read_text()).get("inputs") == decode_inputs(model_dir, data_dir, method, options)
+        return json.loads(info_path.read_text()).get("inputs") == decode_inputs(model_dir, data_dir, method, options,
+                                                                                backend, export_dir)
     except FileNotFoundError:
         return False  # decode_dir reports the missing file
 
 
-def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, command=None, device="cpu"):
-    """Decode ``data_dir`` with the model of ``model_dir`` on ``device``; returns decode_info as a dict."""
-    spec = METHODS[method]
+def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, command=None, device="cpu",
+               backend="torch", export_dir=None):
+    """Decode ``data_dir`` with the model of ``model_dir`` on ``device``; returns decode_info as a dict.
+    ``backend`` onnx / onnx_int8: with the fp32 / int8 graphs of ``export_dir`` (default
+    ``<model_dir>/export``, made from this model) in onnxruntime on the CPU, from raw fbank."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown {backend!r}; choose one of {list(BACKENDS)}")
+    if backend != "torch" and method not in ONNX_METHODS:
+        raise ValueError(f"method {method} has no onnx backend; it has {sorted(ONNX_METHODS)}")
+    if backend != "torch" and str(device) != "cpu":
+        raise ValueError(f"the {backend} backend runs on the CPU, not --device {device}")
+    spec = (ONNX_METHODS if backend != "torch" else METHODS)[method]
     device = resolve_device(device)  # an unusable device fails before any work
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)  # single-thread by default: the RTF of one CPU core
     load_before = os.getloadavg()[0]
     try:
         trained = load_trained(model_dir, device=device)
-        inputs = decode_inputs(model_dir, data_dir, method, options)  # the weights as loaded, before decoding
-        model, tokenizer = trained.model, trained.tokenizer
-        search, batch_size = build_search(model, method, options)  # before reading any features
-        ds = SpeechDataset(data_dir, tokenizer, cmvn_path=Path(model_dir) / "cmvn.ark", require_text=False)
+        model, tokenizer, info = trained.model, trained.tokenizer, trained.info
+        cmvn = Path(model_dir) / "cmvn.ark"
+        if backend != "torch":
+            export_dir = Path(export_dir or default_export_dir(model_dir))
+            # refused unless made from this model's weights and tokens, its graphs matching its tokens.txt
+            model = onnx.load_onnx_model(export_dir, int8=backend == "onnx_int8", num_threads=num_threads,
+                                         model_dir=model_dir)
+            cmvn = None  # inside the graphs: they take raw fbank
+            info = {**info, "backend": backend, "export_dir": str(export_dir),
+                    "onnx_files": sorted(model.export.files.values()), "size_mb": round(model.export.size_mb, 3)}
+        # the weights (and graphs) as loaded, before decoding
+        inputs = decode_inputs(model_dir, data_dir, method, options, backend, export_dir)
+        search, batch_size = build_search(model, method, options, spec)  # before reading any features
+        ds = SpeechDataset(data_dir, tokenizer, cmvn_path=cmvn, require_text=False)
         if len(ds) == 0:
             raise ValueError(f"{data_dir}: no utterances to decode")
         hyps, seconds = decode_dataset(model, tokenizer, ds, search, batch_size)
@@ -182,7 +243,7 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     out = Path(out_dir)
     write_lines(out / "text", (f"{u} {hyps[u]}".rstrip() for u in c_sorted(hyps)))
     write_lines(out / "decode_time", (f"{u} {seconds[u]:.6f}" for u in c_sorted(seconds)))
-    info = {**trained.info, "method": spec.name(options), "config": {"method": method, **options},
+    info = {**info, "method": spec.name(options), "config": {"method": method, **options},
             "command": command, "num_threads": num_threads, "device": str(device), "utterances": len(ds),
             "data_dir": str(data_dir), "inputs": inputs,
             # other work on the same cores slows decoding: make_results marks such RTFs
@@ -193,9 +254,9 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     return info
 
 
-def build_search(model, method, options):
+def build_search(model, method, options, spec=None):
     """(search, batch_size) for ``model``: a ValueError if the method cannot decode this model."""
-    spec = METHODS[method]
+    spec = spec or METHODS[method]
     spec.check(model)
     search = spec.build(model, {k: v for k, v in options.items() if k != "batch_size"})
     return search, options.get("batch_size", 1)
@@ -204,7 +265,7 @@ def build_search(model, method, options):
 def search_batch(model, search, batch):
     """Token ids of a collated batch: the encoder then the search (or the search alone if it
     takes_feats), on the model's device. Call under torch.no_grad()."""
-    device = model_device(model)
+    device = model.device if isinstance(model, onnx.OnnxModel) else model_device(model)
     feats, feats_lens = batch["feats"].to(device), batch["feats_lens"].to(device)
     if getattr(search, "takes_feats", False):
         ids = search(feats, feats_lens)
@@ -224,7 +285,8 @@ def decode_dataset(model, tokenizer, ds, search, batch_size):
     """({utt: text}, {utt: seconds}) for every utterance of ``ds``, ``batch_size`` at a time; a
     batch's time is that of ``search_batch`` (encoder and search, not reading the features)."""
     # conv2d subsampling turns too short an input into no frames at all: nothing to decode
-    short = [u for u in ds.utts if subsampled_length(model, ds.num_frames[u]) < 1]
+    out_frames = model.subsampled_length if isinstance(model, onnx.OnnxModel) else partial(subsampled_length, model)
+    short = [u for u in ds.utts if out_frames(ds.num_frames[u]) < 1]
     if short:
         logging.warning("%d utterance(s) too short for the encoder's subsampling get an empty hypothesis: %s",
                         len(short), ", ".join(f"{u} ({ds.num_frames[u]} frames)" for u in short[:5]))

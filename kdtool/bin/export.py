@@ -1,0 +1,49 @@
+"""Export a trained model (stage 3 or 5 exp dir) to ONNX, fp32 and int8, with a tokens.txt that
+sherpa-onnx reads:
+
+    python -m kdtool.bin.export --model_dir exp/ctc_student --out_dir exp/ctc_student/export
+
+ctc, nar (Mask-CTC) and ar models: model.onnx (raw fbank -> CTC log-probs, CMVN inside; sherpa-onnx
+loads it with OfflineRecognizer.from_zipformer_ctc), and for nar mlm_decoder.onnx; streaming
+transducers: encoder.onnx (a chunk step with its caches), decoder.onnx, joiner.onnx. Each graph is
+checked against PyTorch before the dir is written; export_info.json records the checks, what int8
+quantized, sizes and sha256. Decode the export with ``python -m kdtool.bin.decode --backend onnx``
+(or onnx_int8). See kdtool/export/exporter.py.
+"""
+import argparse
+
+from kdtool.bin._common import run_main
+from kdtool.export.exporter import DEFAULT_CHUNK_SIZE, export_model
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_dir", required=True, help="trained exp dir (model.pth, config.yaml, tokens/, cmvn.ark)")
+    p.add_argument("--out_dir", required=True, help="export dir (replaced whole once the export is complete)")
+    p.add_argument("--no_int8", action="store_true", help="fp32 graphs only")
+    p.add_argument("--left_context", type=int, default=None,
+                   help="streaming transducer: encoder frames of left context the chunk step keeps (default: "
+                        "num_left_chunks * chunk_size if the model was trained with it, else 256)")
+    p.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE,
+                   help="streaming transducer: encoder frames per chunk the export is checked with")
+    return p
+
+
+def main():
+    parser = get_parser()
+    args = parser.parse_args()
+    for name in ("left_context", "chunk_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be 1 or more, not {getattr(args, name)}")
+    info = export_model(args.model_dir, args.out_dir, int8=not args.no_int8, left_context=args.left_context,
+                        chunk_size=args.chunk_size)
+    for name, g in info["graphs"].items():
+        int8 = g.get("int8")
+        print(f"{args.out_dir}/{name}: {info['files'][name]['bytes'] / 1e6:.2f} MB, max |onnx - torch| "
+              f"{g['check']['max_abs_diff']:.2g}" + (f"; {int8['file']}: {info['files'][int8['file']]['bytes'] / 1e6:.2f}"
+                                                     f" MB, max |int8 - torch| {int8['max_abs_diff']:.2g}, "
+                                                     f"quantized {int8['quantized']}" if int8 else ""))
+
+
+if __name__ == "__main__":
+    run_main(main)
