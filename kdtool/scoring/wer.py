@@ -9,7 +9,7 @@ import logging
 import unicodedata
 from dataclasses import dataclass, field
 
-import numpy as np
+import jiwer
 
 from kdtool.data.datadir import c_sorted
 
@@ -41,62 +41,44 @@ class Counts:
         return self
 
 
-def _distances(r, h):
-    """d[i, j] = edit distance between r[:i] and h[:j] (int arrays); rows are vectorized: the
-    diagonal/up moves first, then left moves (insertions) as a running minimum of t[k] - k, plus j."""
-    n, m = len(r), len(h)
-    d = np.empty((n + 1, m + 1), dtype=np.int64)
-    d[0] = cols = np.arange(m + 1)
-    for i in range(1, n + 1):
-        t = np.empty(m + 1, dtype=np.int64)
-        t[0] = i
-        t[1:] = np.minimum(d[i - 1, :-1] + (h != r[i - 1]), d[i - 1, 1:] + 1)
-        d[i] = np.minimum.accumulate(t - cols) + cols
-    return d
+_OPS = {"equal": "C", "substitute": "S", "delete": "D", "insert": "I"}
+
+
+def align_many(refs, hyps):
+    """Minimum-edit alignments of pairs of token lists: ``[(Counts, pairs)]``, one per pair.
+
+    ``pairs`` lists ``(ref_token, hyp_token, op)`` with op one of C/S/D/I and None for the missing side.
+    The alignment is rapidfuzz's C++ Levenshtein through jiwer (ties broken as jiwer breaks them, so the
+    S/D/I counts are jiwer's). kdtool's own numpy Levenshtein, used before, gave the same pairs on every
+    utterance tried and was 3.3x slower: score() of 2,620 synthetic utterances of 5-35 words (WER 38%),
+    words and characters, took 14.7 s with it and 4.2 s with this on a loaded 2-core EPYC. kaldialign
+    (C++) aligned faster still (words 0.08 s against jiwer's 0.43 s, characters 0.20 s against 1.18 s)
+    with the same error totals, but split them into S/D/I otherwise on 24% (words) and 38% (characters)
+    of those utterances, so it is not used.
+    """
+    if not refs:
+        return []
+    # tokens never hold whitespace (words() and chars() split on it), so joining with spaces is lossless
+    out = jiwer.process_words([" ".join(r) for r in refs], [" ".join(h) for h in hyps])
+    result = []
+    for ref, hyp, chunks in zip(out.references, out.hypotheses, out.alignments):
+        pairs = []
+        for c in chunks:
+            op = _OPS[c.type]
+            if op == "D":
+                pairs += [(ref[i], None, op) for i in range(c.ref_start_idx, c.ref_end_idx)]
+            elif op == "I":
+                pairs += [(None, hyp[j], op) for j in range(c.hyp_start_idx, c.hyp_end_idx)]
+            else:
+                pairs += [(ref[c.ref_start_idx + k], hyp[c.hyp_start_idx + k], op)
+                          for k in range(c.ref_end_idx - c.ref_start_idx)]
+        result.append((Counts(*(sum(p[2] == op for p in pairs) for op in "CSDI")), pairs))
+    return result
 
 
 def align(ref, hyp):
-    """Minimum-edit alignment of two token lists.
-
-    Returns ``(Counts, pairs)``; ``pairs`` lists ``(ref_token, hyp_token, op)`` with op one of C/S/D/I
-    and None for the missing side. Ties between equally cheap alignments are broken as rapidfuzz
-    (hence jiwer) does, so the S/D/I counts agree with it: a common prefix and suffix are matched
-    first, then the rest is backtracked from the end preferring deletion, then insertion, then the
-    diagonal (Hyyro's bit-parallel recovery rule, written on the full matrix).
-    """
-    n, m = len(ref), len(hyp)
-    pre = 0
-    while pre < min(n, m) and ref[pre] == hyp[pre]:
-        pre += 1
-    suf = 0
-    while suf < min(n, m) - pre and ref[n - 1 - suf] == hyp[m - 1 - suf]:
-        suf += 1
-    vocab = {}
-    r = np.array([vocab.setdefault(t, len(vocab)) for t in ref[pre:n - suf]], dtype=np.int64)
-    h = np.array([vocab.setdefault(t, len(vocab)) for t in hyp[pre:m - suf]], dtype=np.int64)
-    d = _distances(r, h)
-
-    ops = []  # from the end, as (op, steps back in ref, steps back in hyp)
-    i, j = len(r), len(h)
-    while i and j:
-        if d[i, j] == d[i - 1, j] + 1:
-            ops.append(("D", 1, 0))
-            i -= 1
-        # rapidfuzz's insertion test: ref[:i] is cheaper than ref[:i-1] against hyp[:j-1].
-        elif j > 1 and d[i - 1, j - 1] == d[i, j - 1] + 1:
-            ops.append(("I", 0, 1))
-            j -= 1
-        else:
-            ops.append(("C" if r[i - 1] == h[j - 1] else "S", 1, 1))
-            i, j = i - 1, j - 1
-    ops += [("D", 1, 0)] * i + [("I", 0, 1)] * j
-    ops = [("C", 1, 1)] * pre + ops[::-1] + [("C", 1, 1)] * suf
-
-    pairs, i, j = [], 0, 0
-    for op, di, dj in ops:
-        pairs.append((ref[i] if di else None, hyp[j] if dj else None, op))
-        i, j = i + di, j + dj
-    return Counts(*(sum(p[2] == op for p in pairs) for op in "CSDI")), pairs
+    """Minimum-edit alignment of two token lists: ``(Counts, pairs)`` (see ``align_many``)."""
+    return align_many([ref], [hyp])[0]
 
 
 def words(text):
@@ -149,14 +131,16 @@ def score(ref, hyp, cer_convention="espnet"):
                          + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
     chars(".", cer_convention)  # an unknown convention fails before any work
     res = ScoreResult(cer_convention=cer_convention)
-    for utt in c_sorted(ref):
+    utts = c_sorted(ref)
+    for utt in utts:
         if not ref[utt].strip():
             raise ValueError(f"utterance {utt}: empty reference")
         if utt not in hyp:
             res.missing.append(utt)
-        text = hyp.get(utt, "")
-        wc, res.word_pairs[utt] = align(words(ref[utt]), words(text))
-        cc, res.char_pairs[utt] = align(chars(ref[utt], cer_convention), chars(text, cer_convention))
+    texts = [hyp.get(utt, "") for utt in utts]
+    word_al = align_many([words(ref[u]) for u in utts], [words(t) for t in texts])
+    char_al = align_many([chars(ref[u], cer_convention) for u in utts], [chars(t, cer_convention) for t in texts])
+    for utt, (wc, res.word_pairs[utt]), (cc, res.char_pairs[utt]) in zip(utts, word_al, char_al):
         res.word += wc
         res.char += cc
         res.n_utts += 1
