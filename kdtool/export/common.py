@@ -10,10 +10,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from kdtool.tokens.tokenizer import BLANK, SPACE
+from kdtool.tokens.tokenizer import BLANK, SOS_EOS, SPACE
 
 OPSET = 17  # what sherpa-onnx's own exports use; onnxruntime 1.31 runs it
 SHERPA_SPACE = "\u2581"  # sherpa-onnx turns a token's leading U+2581 into a space (deploy-notes.md)
+SHERPA_EOS = "</s>"  # one of the two symbols sherpa-onnx leaves out of its text (with SIL)
 
 
 class ExportError(ValueError):
@@ -22,9 +23,11 @@ class ExportError(ValueError):
 
 def sherpa_tokens(tokens):
     """kdtool's token list -> the symbols of an exported tokens.txt: ``<space>`` (character units)
-    becomes U+2581, which sherpa-onnx prints as a space; all else is kept (sherpa finds ``<blank>``
-    by name)."""
-    return [SHERPA_SPACE if t == SPACE else t for t in tokens]
+    becomes U+2581, which sherpa-onnx prints as a space, and ``<sos/eos>`` becomes ``</s>``, which it
+    leaves out of the text as kdtool does (checked with sherpa-onnx 2.0.1); all else is kept (sherpa
+    finds ``<blank>`` by name). ``<mask>``, never a CTC target, would be printed as it is."""
+    rename = {SPACE: SHERPA_SPACE, SOS_EOS: SHERPA_EOS}
+    return [rename.get(t, t) for t in tokens]
 
 
 def tokens_txt(tokens):

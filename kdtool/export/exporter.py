@@ -79,8 +79,8 @@ def export_model(model_dir, out_dir, int8=True, left_context=None, chunk_size=DE
         if int8:
             for name, g in graphs.items():
                 g.update(quantize_graph(tmp, name, g))
+        (tmp / "README.txt").write_text(readme(kind, model_dir), encoding="utf-8")
         info = write_info(trained, tmp, graphs, meta)
-        (tmp / "README.txt").write_text(readme(kind, info), encoding="utf-8")
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -271,9 +271,9 @@ def write_info(trained, out, graphs, meta):
     return info
 
 
-def readme(kind, info):
+def readme(kind, model_dir):
     """README.txt: what the files are and the commands that run them."""
-    lines = [f"kdtool export of {info['model_dir']} ({kind}); tokens.txt is sherpa-onnx's format.",
+    lines = [f"kdtool export of {model_dir} ({kind}); tokens.txt is sherpa-onnx's format.",
              "Features: 80-dim kaldi fbank exactly as sherpa-onnx / kaldi-native-fbank compute them "
              "(16 kHz, audio in [-1, 1], snip_edges false, high_freq -400, dither 0); CMVN is inside the graphs.", ""]
     if kind == "transducer":
