@@ -1,6 +1,7 @@
 """Bad input to stages 1-2 (and what later stages read of them): each class of it fails with one
 message naming the file, the utterance and what is wrong; nothing silently writes wrong output.
 (tests/test_reliability.py feeds a larger table of bad inputs through the entry points.)"""
+import json
 import logging
 import subprocess
 import sys
@@ -239,6 +240,27 @@ def test_truncated_weights_name_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(ValueError, match=rf"{path}: cannot load the weights .*damaged or incomplete"):
         load_weights(path)
+
+
+def test_exp_dir_files_changed_since_training_are_named(tiny_teacher, tmp_path):
+    import shutil
+    from kdtool.models.load import load_trained
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_teacher, exp)
+    assert set(json.loads((exp / "sha256.json").read_text())) == {"model.pth", "tokens/tokens.txt", "cmvn.ark"}
+    load_trained(exp)
+    tokens = exp / "tokens" / "tokens.txt"
+    original = tokens.read_text()
+    lines = original.splitlines(True)
+    lines[3], lines[4] = lines[4], lines[3]  # two units swapped: same size, every id after them means another
+    tokens.write_text("".join(lines))
+    with pytest.raises(ValueError, match=r"tokens/tokens.txt: changed since training \(its sha256 differs from the "
+                                         r"one in .*sha256.json\)"):
+        load_trained(exp)
+    tokens.write_text(original)
+    kaldiio.save_mat(str(exp / "cmvn.ark"), load_cmvn(exp / "cmvn.ark") * 1.01)
+    with pytest.raises(ValueError, match=r"cmvn.ark: changed since training"):
+        load_trained(exp)
 
 
 # (e) consistency, fix_data_dir's result, locks

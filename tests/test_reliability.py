@@ -48,6 +48,7 @@ class Base:
         from kdtool.features.cmvn import compute_cmvn
         from kdtool.features.fbank import compute_fbank_job, merge_fbank_jobs
         from kdtool.models.build import build_model
+        from kdtool.models.load import write_checksums
         from kdtool.tokens import build_token_list
         from kdtool.train.config import resolve_config
 
@@ -70,6 +71,7 @@ class Base:
         torch.manual_seed(0)
         torch.save(build_model({k: cfg[k] for k in ("model", "encoder", "encoder_conf")}, n_tokens).state_dict(),
                    exp / "model.pth")
+        write_checksums(exp)  # what training records
         self.decode_conf = self.root / "decode_ctc_greedy.yaml"
         self.decode_conf.write_text("method: ctc_greedy\n")
         self.clean_feats = dict(kaldiio.load_scp(str(self.feats / "feats.scp")).items())
@@ -267,7 +269,9 @@ def wrong_dim(w):
 
 
 def other_token_list(w):
+    """Weights of a model with another vocabulary, in an exp dir without sha256.json (older ones)."""
     from kdtool.models.build import build_model
+    (w.exp / "sha256.json").unlink()
     cfg = yaml.safe_load((w.exp / "config.yaml").read_text())
     torch.save(build_model({k: cfg[k] for k in ("model", "encoder", "encoder_conf")}, 50).state_dict(),
                w.exp / "model.pth")
@@ -461,6 +465,12 @@ CASES = [
          ("exp/model.pth: cannot load the weights", "damaged or incomplete"), no_decode),
     Case("decode: model.pth of another token list", "decode", other_token_list,
          ("model.pth: does not fit a ctc model",), no_decode),
+    Case("decode: token list edited in place", "decode",
+         lambda w: replace_bytes(w.exp / "tokens" / "tokens.txt", b"\nE\nT\n", b"\nT\nE\n") or decode_args(w),
+         ("tokens/tokens.txt: changed since training",), no_decode),
+    Case("decode: model.pth replaced", "decode",
+         lambda w: [torch.save({k: v + 1 for k, v in torch.load(w.exp / "model.pth").items()}, w.exp / "model.pth"),
+                    *decode_args(w)][1:], ("exp/model.pth: changed since training",), no_decode),
     Case("decode: model.pth missing", "decode", lambda w: (w.exp / "model.pth").unlink() or decode_args(w),
          ("model.pth is missing",), no_decode),
     Case("decode: NaN CMVN", "decode",

@@ -1,4 +1,10 @@
-"""Load a trained exp dir (stage 3 or 5) as one object: model, tokenizer and CMVN together."""
+"""Load a trained exp dir (stage 3 or 5) as one object: model, tokenizer and CMVN together.
+
+Training records the sha256 of what is loaded (model.pth, tokens/tokens.txt, cmvn.ark) in
+``sha256.json``; loading checks them, so a token list edited in place (which would decode garbage
+without a word) or a damaged copy is named instead of used. An exp dir without the record (made
+before it existed, or installed from a package, which checks its own) is loaded unchecked.
+"""
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +16,11 @@ import yaml
 from kdtool.features.cmvn import load_cmvn
 from kdtool.models.build import MODEL_KEYS, build_model, count_params, model_size_mb
 from kdtool.tokens import Tokenizer
+from kdtool.utils.atomic import atomic_open
+from kdtool.utils.files import file_sha256
+
+CHECKSUMS = "sha256.json"
+CHECKED_FILES = ("model.pth", "tokens/tokens.txt", "cmvn.ark")
 
 
 @dataclass
@@ -66,6 +77,29 @@ def load_weights(path):
     return state
 
 
+def write_checksums(exp_dir):
+    """Record the sha256 of the exp dir's weights, token list and CMVN (training calls it last)."""
+    exp = Path(exp_dir)
+    with atomic_open(exp / CHECKSUMS) as f:
+        json.dump({name: file_sha256(exp / name) for name in CHECKED_FILES}, f, indent=2)
+
+
+def check_checksums(exp_dir, names=CHECKED_FILES):
+    """A ValueError naming the file if one of ``names`` differs from the sha256 training recorded."""
+    exp = Path(exp_dir)
+    path = exp / CHECKSUMS
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path}: not valid JSON (damaged?); restore it, or delete it to load {exp} unchecked") from None
+    for name in names:
+        if name in recorded and file_sha256(exp / name) != recorded[name]:
+            raise ValueError(f"{exp / name}: changed since training (its sha256 differs from the one in {path}); "
+                             f"a model loaded with another {name} gives wrong output: restore the file, or retrain")
+
+
 def load_trained(exp_dir, weights="model.pth", device="cpu"):
     """Raise a clear error if the dir lacks weights, or its token list does not fit its weights.
     The model goes to ``device`` (checked by resolve_device) in eval mode."""
@@ -78,9 +112,11 @@ def load_trained(exp_dir, weights="model.pth", device="cpu"):
     config = yaml.safe_load((exp / "config.yaml").read_text())
     tokenizer = Tokenizer(exp / "tokens")
     cmvn = load_cmvn(exp / "cmvn.ark")
+    state = load_weights(exp / weights)
+    # after the reads: a damaged file is named as damaged, a readable one that changed as changed
+    check_checksums(exp, [n for n in CHECKED_FILES if n != "model.pth" or weights == "model.pth"])
     model = build_model({k: v for k, v in config.items() if k in MODEL_KEYS}, len(tokenizer),
                         input_size=cmvn.shape[1] - 1)
-    state = load_weights(exp / weights)
     own = model.state_dict()
     wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from kdtool.features.cmvn import load_cmvn
 from kdtool.models import ConfigError, build_model, count_params, model_size_mb
+from kdtool.models.load import write_checksums
 from kdtool.tokens import Tokenizer
 from kdtool.train.config import model_part
 from kdtool.train.dataset import SpeechDataset, build_dataloader
@@ -147,6 +148,7 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
     best = sorted(ckpt.best_k_models.items(), key=lambda kv: float(kv[1]))[:config["keep_nbest_models"]]
     torch.save(average_checkpoints([p for p, _ in best]), exp / "model.pth.tmp")
     Path(exp / "model.pth.tmp").replace(exp / "model.pth")
+    write_checksums(exp)  # checked by every later load: a token list edited in place is named, not used
     info = {"kind": model.kind, "params": count_params(model), "size_mb": round(model_size_mb(model), 3),
             "vocab_size": len(tokenizer), "input_size": int(cmvn.shape[1] - 1),
             "averaged": {Path(p).name: round(float(v), 4) for p, v in best},
