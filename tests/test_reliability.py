@@ -460,6 +460,11 @@ CASES = [
          ("needs a transcribed data dir",)),
     Case("speed perturb: Latin-1 text", "speed_perturb",
          lambda w: replace_bytes(w.data / "text", b"FOX", b"F\xd6X") or [w.data, w.tmp / "sp"], ("text:1: not UTF-8",)),
+    Case("speed perturb: wav.scp missing an utterance", "speed_perturb",
+         lambda w: set_line(w.data / "wav.scp", "spkb-u3", None) or [w.data, w.tmp / "sp"],
+         ("wav.scp: utterance spkb-u3 is in utt2spk but not in wav.scp",)),
+    Case("speed perturb: output is the input", "speed_perturb", lambda w: [w.data, w.data],
+         ("cannot replace its source",)),
     # stage 6: what decoding reads of stages 2 and 3
     Case("decode: model.pth cut short", "decode", lambda w: truncate(w.exp / "model.pth", 3000) or decode_args(w),
          ("exp/model.pth: cannot load the weights", "damaged or incomplete"), no_decode),

@@ -1,6 +1,9 @@
 """Speed perturbation of a data dir, as Kaldi's perturb_data_dir_speed.sh: a copy per factor whose
 utterance and speaker ids get the prefix ``sp<factor>-`` and whose audio goes through ``sox speed``."""
+from pathlib import Path
+
 from kdtool.data.datadir import DataDir, DataDirError
+from kdtool.data.validate import validate_data_dir
 
 
 def perturbed_entry(entry, factor):
@@ -12,7 +15,11 @@ def perturbed_entry(entry, factor):
 
 
 def speed_perturb(src, dst, factors=(0.9, 1.0, 1.1)):
-    d = DataDir(src)
+    d = validate_data_dir(src, quiet=True)  # every utterance in every file, before any is copied
+    if Path(dst).resolve() == d.path.resolve():
+        raise DataDirError(f"{d.path}: the perturbed copy cannot replace its source; give another output dir")
+    if not d.has("wav.scp"):
+        raise DataDirError(f"{d.path / 'wav.scp'}: file not found (speed perturbation rewrites it)")
     if not d.transcribed:
         raise DataDirError(f"{d.path}: speed perturbation needs a transcribed data dir (no text file)")
     wav_scp, text, utt2spk = {}, {}, {}
