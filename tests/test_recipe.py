@@ -2,6 +2,7 @@
 import json
 import shutil
 import subprocess
+import sys
 import textwrap
 
 import kaldiio
@@ -131,6 +132,30 @@ def test_rerunning_a_stage_alone_gives_the_same_result(mini_en):
     assert list(before) == list(after)
     assert all(np.array_equal(before[u], after[u]) for u in before)
     assert (mini_en / DATA / "token_list/char/tokens.txt").read_text() == tokens
+
+
+def test_stage_3_installs_a_packaged_teacher_and_refuses_a_damaged_one(mini_en, tmp_path):
+    """How mini_en ships its teachers, and how any recipe takes a teacher trained elsewhere."""
+    pkg = tmp_path / "ar_teacher"
+    subprocess.run([sys.executable, "-m", "kdtool.bin.pack_model", "--exp_dir", "exp_fast/ar_teacher",
+                    "--out_dir", str(pkg)], cwd=mini_en, check=True, capture_output=True)
+    out = run(mini_en, "--fast", "--stage", "3", "--stop_stage", "3", "--teacher_configs", "",
+              "--teacher_packages", str(pkg), "--expdir", "exp_pkg").stdout
+    assert "Stage 3: installing exp_pkg/ar_teacher" in out and "training" not in out
+    trained = torch.load(mini_en / "exp_fast/ar_teacher/model.pth")
+    installed = torch.load(mini_en / "exp_pkg/ar_teacher/model.pth")
+    assert trained.keys() == installed.keys()
+    assert all(torch.allclose(trained[k].float(), installed[k], atol=1e-2, rtol=1e-2) for k in trained)
+    assert (mini_en / "exp_pkg/ar_teacher/tokens/tokens.txt").read_text() == \
+        (mini_en / "exp_fast/ar_teacher/tokens/tokens.txt").read_text()
+    # damaged after packing: stage 3 stops before writing anything, naming the file and both sha256s
+    with open(pkg / "model.fp16.pth", "ab") as f:
+        f.write(b"x")
+    p = run(mini_en, "--fast", "--stage", "3", "--stop_stage", "3", "--teacher_configs", "",
+            "--teacher_packages", str(pkg), "--expdir", "exp_pkg2", check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert f"{pkg}/model.fp16.pth: sha256 " in p.stderr and "does not match" in p.stderr
+    assert not (mini_en / "exp_pkg2" / "ar_teacher").exists()
 
 
 def test_decoding_a_model_that_was_never_trained_fails_clearly(mini_en):

@@ -30,6 +30,10 @@ nbpe=300                # sentencepiece vocabulary size
 bpe_model_type=unigram  # unigram or bpe
 # Stage 3: teachers
 teacher_configs=""      # training configs, space separated; each trains exp/<config name without train_>
+teacher_packages=""     # packaged teachers (kdtool.bin.pack_model: a recipe's shipped ones, or one trained elsewhere),
+                        # each installed as exp/<package dir name> instead of trained, its sha256s checked first
+teacher_train_set=""    # the teachers' own training set (default: train_set): stage 2 makes its features, CMVN and
+                        # the token list from it, stage 3 trains on it; students take token list and CMVN from their teacher
 ngpu=0                  # GPUs per training job (0: CPU)
 train_jobs=1            # trainings run side by side in stages 3 and 5 (teachers, students, chains); on a CPU
                         # each gets nproc/train_jobs threads (OMP_NUM_THREADS, unless set); with GPUs, give
@@ -37,7 +41,7 @@ train_jobs=1            # trainings run side by side in stages 3 and 5 (teachers
 gpu_inference=false     # stages 4 and 6 on a GPU: their jobs get --device cuda and run through cuda_cmd (which
                         # asks SLURM for one GPU per job); local jobs all share the first visible GPU
 # Stage 4: the teacher's knowledge, dumped once for any number of students
-kd_teacher=""           # exp dir whose knowledge is dumped (default: the first teacher config's)
+kd_teacher=""           # exp dir whose knowledge is dumped (default: the first teacher package's or config's)
 soft_label_types="frame_posteriors"  # any of: frame_posteriors (training set + untrans_set), and for the
                         # training set fb_posteriors, token_posteriors (AR teacher), rnnt_lattice (transducer);
                         # a ":dense" suffix also keeps every token (dir <type>_dense_<set>)
@@ -71,8 +75,9 @@ help_message="Usage: $0 [options]   (see the option list below; recipes pass the
 . ./cmd.sh
 
 [ -n "${speed_perturb_factors}" ] && train_sp=${train_set}_sp || train_sp=${train_set}
+teacher_sp=${teacher_train_set:-${train_sp}}
 if [ "${token_type}" = bpe ]; then token_dir=${datadir}/token_list/bpe_${bpe_model_type}${nbpe}; else token_dir=${datadir}/token_list/char; fi
-all_sets=$(echo ${train_sp} ${valid_set} ${test_sets} ${untrans_set} | tr " " "\n" | awk '!seen[$0]++' | tr "\n" " ")
+all_sets=$(echo ${teacher_sp} ${train_sp} ${valid_set} ${test_sets} ${untrans_set} | tr " " "\n" | awk '!seen[$0]++' | tr "\n" " ")
 # stages 4 and 6: the runner and device of the teacher's and the decoders' jobs
 if ${gpu_inference}; then infer_cmd=${cuda_cmd}; infer_device=cuda; else infer_cmd=${decode_cmd}; infer_device=cpu; fi
 
@@ -139,29 +144,35 @@ if in_stages 2; then
         "${datadir}/${x}" "${dumpdir}/fbank/${x}"
     python -m kdtool.bin.compute_fbank --nj "${nj}" --merge "${datadir}/${x}" "${dumpdir}/fbank/${x}"
   done
-  python -m kdtool.bin.compute_cmvn "${dumpdir}/fbank/${train_sp}/feats.scp" "${dumpdir}/fbank/${train_sp}/cmvn.ark"
+  for x in $(echo ${train_sp} ${teacher_sp} | tr " " "\n" | sort -u); do
+    python -m kdtool.bin.compute_cmvn "${dumpdir}/fbank/${x}/feats.scp" "${dumpdir}/fbank/${x}/cmvn.ark"
+  done
   python -m kdtool.bin.make_tokens --token_type "${token_type}" --vocab_size "${nbpe}" \
-    --bpe_model_type "${bpe_model_type}" "${datadir}/${train_set}/text" "${token_dir}"
+    --bpe_model_type "${bpe_model_type}" "${datadir}/${teacher_train_set:-${train_set}}/text" "${token_dir}"
   stage_done 2
 fi
 
 if in_stages 3; then
+  for pkg in ${teacher_packages}; do
+    log "Stage 3: installing ${expdir}/$(basename "${pkg}") from ${pkg}"
+    python -m kdtool.bin.install_model --package "${pkg}" --exp_dir "${expdir}/$(basename "${pkg}")"
+  done
   for config in ${teacher_configs}; do
     exp=${expdir}/$(basename "${config}" .yaml | sed 's/^train_//')
     log "Stage 3: training ${exp} (${config}); log: ${exp}/train.log"
     keep_log "${exp}/train.log"
     bg "${train_jobs}" ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
-      python -m kdtool.bin.train --config "${config}" --train_data "${dumpdir}/fbank/${train_sp}" \
+      python -m kdtool.bin.train --config "${config}" --train_data "${dumpdir}/fbank/${teacher_sp}" \
         --valid_data "${dumpdir}/fbank/${valid_set}" --token_list "${token_dir}" \
-        --cmvn "${dumpdir}/fbank/${train_sp}/cmvn.ark" --exp_dir "${exp}" \
+        --cmvn "${dumpdir}/fbank/${teacher_sp}/cmvn.ark" --exp_dir "${exp}" \
         --accelerator "$([ "${ngpu}" -gt 0 ] && echo gpu || echo cpu)" --devices "$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo 1)"
   done
   bg_wait
   stage_done 3
 fi
 
-if [ -z "${kd_teacher}" ] && [ -n "${teacher_configs}" ]; then
-  first=$(echo ${teacher_configs} | cut -d' ' -f1)
+if [ -z "${kd_teacher}" ] && [ -n "${teacher_packages}${teacher_configs}" ]; then
+  first=$(echo ${teacher_packages} ${teacher_configs} | cut -d' ' -f1)
   kd_teacher=${expdir}/$(basename "${first}" .yaml | sed 's/^train_//')
 fi
 
@@ -207,8 +218,7 @@ distill() {
   ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
     python -m kdtool.bin.distill --config "$1" --train_data "${dumpdir}/fbank/${train_sp}" \
       ${untrans_set:+--untrans_data "${dumpdir}/fbank/${untrans_set}"} --valid_data "${dumpdir}/fbank/${valid_set}" \
-      --teacher_dir "$2" --soft_label_dir "$3" --token_list "${token_dir}" \
-      --cmvn "${dumpdir}/fbank/${train_sp}/cmvn.ark" --exp_dir "${exp}" ${4:+--seed "$4"} \
+      --teacher_dir "$2" --soft_label_dir "$3" --token_list "$2/tokens" --cmvn "$2/cmvn.ark" --exp_dir "${exp}" ${4:+--seed "$4"} \
       --accelerator "$([ "${ngpu}" -gt 0 ] && echo gpu || echo cpu)" --devices "$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo 1)"
   last_student=${exp}
 }
