@@ -37,12 +37,14 @@ def main():
             parser.error(f"--{name} must be 1 or more, not {getattr(args, name)}")
     info = export_model(args.model_dir, args.out_dir, int8=not args.no_int8, left_context=args.left_context,
                         chunk_size=args.chunk_size)
+    mb = {name: f["bytes"] / 1e6 for name, f in info["files"].items()}
     for name, g in info["graphs"].items():
+        line = f"{args.out_dir}/{name}: {mb[name]:.2f} MB, max |onnx - torch| {g['check']['max_abs_diff']:.2g}"
         int8 = g.get("int8")
-        print(f"{args.out_dir}/{name}: {info['files'][name]['bytes'] / 1e6:.2f} MB, max |onnx - torch| "
-              f"{g['check']['max_abs_diff']:.2g}" + (f"; {int8['file']}: {info['files'][int8['file']]['bytes'] / 1e6:.2f}"
-                                                     f" MB, max |int8 - torch| {int8['max_abs_diff']:.2g}, "
-                                                     f"quantized {int8['quantized']}" if int8 else ""))
+        if int8:
+            line += (f"; {int8['file']}: {mb[int8['file']]:.2f} MB, max |int8 - torch| {int8['max_abs_diff']:.2g}, "
+                     f"quantized {int8['quantized']}")
+        print(line)
 
 
 if __name__ == "__main__":

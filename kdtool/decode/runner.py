@@ -115,8 +115,9 @@ def _onnx_streaming_search(model, options):
         raise ValueError(f"transducer_streaming decodes transducer exports, not a {model.kind} export")
     left = int(model.export.metadata["left_context"])
     if options["left_context"] not in (0, left):
-        raise ValueError(f"{model.export.export_dir}: exported with left_context {left}, not {options['left_context']}; "
-                         f"decode with left_context 0 or {left}, or export again with --left_context")
+        raise ValueError(f"{model.export.export_dir}: exported with left_context {left}, not "
+                         f"{options['left_context']}; decode with left_context 0 or {left}, or export again "
+                         "with --left_context")
 
     def search(feats, feats_lens):
         return [onnx.streaming_greedy(model, f[:n], options["chunk_size"], options["max_symbols_per_frame"])

@@ -125,7 +125,7 @@ def export_graph(module, args, path, input_names, output_names, dynamic_axes, me
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*feature will be removed.*")
         # the LSTM's initial state is an input (h, c) of the prediction-network step, as it asks
-        warnings.filterwarnings("ignore", message=".*with a batch_size other than 1, with a variable length with LSTM.*")
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1, with a variable length with LSTM.*")
         torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
     set_metadata(path, metadata)

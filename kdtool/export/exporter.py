@@ -95,7 +95,8 @@ def base_metadata(trained):
             "mask_id": str(model.mask_token), "feature_dim": str(trained.cmvn.shape[1] - 1),
             "subsampling_factor": str(subsampling_factor(model)), "cmvn": "global, inside the graph",
             # (kernel, stride) of each subsampling convolution: a runtime's output-length arithmetic
-            "subsampling_convs": json.dumps([[m.kernel_size[0], m.stride[0]] for m in getattr(model.encoder.embed, "conv", [])
+            "subsampling_convs": json.dumps([[m.kernel_size[0], m.stride[0]]
+                                             for m in getattr(model.encoder.embed, "conv", [])
                                              if isinstance(m, torch.nn.Conv2d)]),
             "fbank": json.dumps({**FBANK_OPTS, "sample_rate": 16000, "audio": "[-1, 1]"})}
 

@@ -68,7 +68,8 @@ def load_export(export_dir, int8=False, num_threads=1, model_dir=None):
 
 
 def _check_model_dir(d, info, model_dir):
-    for what, path in (("tokens_sha256", model_dir / "tokens" / "tokens.txt"), ("model_sha256", model_dir / "model.pth")):
+    for what, path in (("tokens_sha256", model_dir / "tokens" / "tokens.txt"),
+                       ("model_sha256", model_dir / "model.pth")):
         if not path.is_file():
             raise ExportError(f"{model_dir}: not a trained model dir: {path.name} is missing")
         if file_sha256(path) != info.get(what):
