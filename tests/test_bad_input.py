@@ -242,7 +242,7 @@ def test_truncated_weights_name_the_file(tmp_path):
         load_weights(path)
 
 
-def test_exp_dir_files_changed_since_training_are_named(tiny_teacher, tmp_path):
+def test_exp_dir_files_changed_since_training_are_named(tiny_teacher, tmp_path, caplog):
     import shutil
     from kdtool.models.load import load_trained
     exp = tmp_path / "exp"
@@ -261,6 +261,12 @@ def test_exp_dir_files_changed_since_training_are_named(tiny_teacher, tmp_path):
     kaldiio.save_mat(str(exp / "cmvn.ark"), load_cmvn(exp / "cmvn.ark") * 1.01)
     with pytest.raises(ValueError, match=r"cmvn.ark: changed since training"):
         load_trained(exp)
+    shutil.copy(tiny_teacher / "cmvn.ark", exp / "cmvn.ark")
+    # other weights of the same shapes: another model, not a garbled one: a warning
+    torch.save({k: v * 0.5 for k, v in load_weights(exp / "model.pth").items()}, exp / "model.pth")
+    with caplog.at_level(logging.WARNING):
+        load_trained(exp)
+    assert "model.pth: not the weights training wrote" in caplog.text
 
 
 # (e) consistency, fix_data_dir's result, locks

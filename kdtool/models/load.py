@@ -1,11 +1,15 @@
 """Load a trained exp dir (stage 3 or 5) as one object: model, tokenizer and CMVN together.
 
 Training records the sha256 of what is loaded (model.pth, tokens/tokens.txt, cmvn.ark) in
-``sha256.json``; loading checks them, so a token list edited in place (which would decode garbage
-without a word) or a damaged copy is named instead of used. An exp dir without the record (made
-before it existed, or installed from a package, which checks its own) is loaded unchecked.
+``sha256.json``; loading checks them, so a token list or CMVN edited in place (which would decode
+garbage without a word) is named instead of used. Weights that differ only warn: replacing
+model.pth by hand (other checkpoints averaged, tests simulating a retraining) gives another model,
+not a garbled one, and a model.pth that does not fit the token list fails on its shapes anyway. An
+exp dir without the record (made before it existed, or installed from a package, which checks its
+own) is loaded unchecked.
 """
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +88,9 @@ def write_checksums(exp_dir):
         json.dump({name: file_sha256(exp / name) for name in CHECKED_FILES}, f, indent=2)
 
 
-def check_checksums(exp_dir, names=CHECKED_FILES):
-    """A ValueError naming the file if one of ``names`` differs from the sha256 training recorded."""
+def check_checksums(exp_dir, names=CHECKED_FILES, warn_only=("model.pth",)):
+    """A ValueError naming the file if one of ``names`` differs from the sha256 training recorded
+    (for those in ``warn_only``, a warning)."""
     exp = Path(exp_dir)
     path = exp / CHECKSUMS
     if not path.is_file():
@@ -96,6 +101,10 @@ def check_checksums(exp_dir, names=CHECKED_FILES):
         raise ValueError(f"{path}: not valid JSON (damaged?); restore it, or delete it to load {exp} unchecked") from None
     for name in names:
         if name in recorded and file_sha256(exp / name) != recorded[name]:
+            if name in warn_only:
+                logging.warning("%s: not the weights training wrote (its sha256 differs from the one in %s): "
+                                "replaced by hand? Results are not those of the training", exp / name, path)
+                continue
             raise ValueError(f"{exp / name}: changed since training (its sha256 differs from the one in {path}); "
                              f"a model loaded with another {name} gives wrong output: restore the file, or retrain")
 
