@@ -6,12 +6,14 @@ utt2num_frames, feats.scp) is combined when every input has it; one that only so
 out, with a warning (e.g. text: the combined dir is then untranscribed). segments is the exception:
 with it wav.scp is keyed by recording, so segmented and unsegmented dirs cannot be combined. spk2utt is
 regenerated; every file is sorted (LC_ALL=C) and written atomically. An id in two inputs is an error
-naming both, as a speaker in several inputs is not (spk2utt then lists all of its utterances).
+naming both, as a speaker in several inputs is not (spk2utt then lists all of its utterances). Each
+unsegmented input is validated first: a broken one would make a broken union.
 """
 import logging
 from pathlib import Path
 
 from kdtool.data.datadir import DataDir, DataDirError, spk2utt_from_utt2spk, write_table
+from kdtool.data.validate import validate_data_dir
 
 FILES = ("wav.scp", "text", "utt2spk", "segments", "utt2num_frames", "feats.scp")
 
@@ -63,6 +65,8 @@ def combine_data_dirs(out, inputs):
         if d.path.resolve() in seen:
             raise DataDirError(f"{d.path}: given twice")
         seen.add(d.path.resolve())
+        if not d.has("segments"):  # (validate_data_dir knows no segments: wav.scp is keyed by recording there)
+            validate_data_dir(d.path, quiet=True)  # a broken input would make a broken union, with exit 0
     names = sorted(shared_files(dirs), key=lambda n: n != "utt2spk")  # a duplicate utterance shows in utt2spk
     by_recording = "segments" in names  # then wav.scp is keyed by recording
     # every check before anything is written
