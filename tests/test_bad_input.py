@@ -157,7 +157,8 @@ def test_a_command_that_reads_stdin_does_not_hang(tiny_datadir, tmp_path):
         finally:
             proc.stdin.close()
     assert proc.returncode == 1
-    assert "wav.scp: utterance spka-u2: cannot read audio cat |" in (tmp_path / "err").read_text()
+    assert "wav.scp: utterance spka-u2: command wrote nothing (one that reads stdin gets it closed): cat" in \
+        (tmp_path / "err").read_text()
 
 
 def test_a_command_that_never_ends_times_out(tiny_datadir, tiny_wavs, tmp_path):

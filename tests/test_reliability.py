@@ -5,6 +5,7 @@ file, the utterance, what is wrong), or succeeds and its output is checked.
 
     tools/venv/bin/python -m pytest tests/test_reliability.py   # in CI, as part of the suite
     tools/venv/bin/python tests/test_reliability.py             # the table with each outcome
+    tools/venv/bin/python tests/test_reliability.py --messages  # ... and the message a user sees
 """
 import importlib
 import io
@@ -308,12 +309,14 @@ CASES = [
     Case("failing command", "validate_data_dir", lambda w: [*V, set_wav(w, "sox /no/such.wav -t wav - |")],
          (WS, "command failed", "sox /no/such.wav")),
     Case("command reading stdin", "validate_data_dir", lambda w: [*V, set_wav(w, "cat |")],
-         (WS, "cannot read audio cat |")),
+         (WS, "command wrote nothing (one that reads stdin gets it closed): cat")),
     Case("command that never ends", "validate_data_dir",
          lambda w: [*V, "--cmd_timeout", "1", set_wav(w, f"sleep 600; cat {w.wav} |")],
          (WS, "did not finish in 1 s", "sleep 600")),
     Case("command writing nothing", "validate_data_dir", lambda w: [*V, set_wav(w, "true |")],
-         (WS, "cannot read audio")),
+         (WS, "command wrote nothing")),
+    Case("command writing text", "validate_data_dir", lambda w: [*V, set_wav(w, "echo hello |")],
+         (WS, "cannot read audio echo hello |: Error opening its output: Format not recognised")),
     Case("float wav out of range is still audio", "validate_data_dir",
          lambda w: [*V, set_wav(w, w.audio("loud.wav", w.samples() * 1.5, subtype="FLOAT"))]),
     # stage 1: the data dir's files
@@ -518,8 +521,9 @@ def on_alarm(signum, frame):
     raise Hang(f"no result in {CASE_TIMEOUT} s")
 
 
-def run_case(case, base, tmp):
-    """Run one case; return None if it behaved, else what went wrong."""
+def run_case(case, base, tmp, messages=None):
+    """Run one case; return None if it behaved, else what went wrong. ``messages``: a list that gets
+    what the entry point logged."""
     Path(tmp).mkdir(parents=True, exist_ok=True)
     w = World(base, tmp)
     args = case.setup(w)
@@ -534,6 +538,8 @@ def run_case(case, base, tmp):
         signal.signal(signal.SIGALRM, old)
         if hasattr(w, "lock"):
             w.lock.__exit__(None, None, None)
+    if messages is not None:
+        messages.append(log.strip())
     if case.expect:
         if code == 0:
             return f"exit 0 where it should have failed with {case.expect}"
@@ -570,12 +576,15 @@ if __name__ == "__main__":
         failed = 0
         for i, case in enumerate(CASES):
             start = time.time()
+            messages = []
             try:
-                problem = run_case(case, base, Path(tmp) / f"case{i}")
+                problem = run_case(case, base, Path(tmp) / f"case{i}", messages)
             except Exception as e:  # a traceback, or a failed check
                 problem = f"{type(e).__name__}: {e}"
             failed += problem is not None
             print(f"{'ok  ' if problem is None else 'FAIL'} {time.time() - start:5.2f}s {case.entry:18s} {case.name}"
                   + (f"\n     {problem}" if problem else ""))
+            if "--messages" in sys.argv and messages and messages[0]:
+                print("     " + messages[0].replace(tmp, "$TMP").replace("\n", "\n     "))
         print(f"{len(CASES) - failed} of {len(CASES)} bad inputs handled")
         sys.exit(1 if failed else 0)

@@ -59,6 +59,8 @@ def run_command(cmd, timeout=None):
     if proc.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
         raise AudioError(f"command failed ({proc.returncode}): {cmd}: {' '.join(lines[-2:])}")
+    if not out:
+        raise AudioError(f"command wrote nothing (one that reads stdin gets it closed): {cmd}")
     return out
 
 
@@ -106,7 +108,7 @@ def load_audio(entry, expected_rate=None, timeout=None):
             rate, frames = f.samplerate, f.frames
             samples = f.read(dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError for unreadable data
-        raise AudioError(f"cannot read audio {what}: {e}") from None
+        raise AudioError(f"cannot read audio {what}: {str(e).replace(repr(src), 'its output')}") from None
     if expected_rate is not None and rate != expected_rate:
         raise AudioError(f"audio {what} has sample rate {rate} Hz, expected {expected_rate} Hz")
     if samples.shape[0] == 0:
