@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from conftest import copy_egs
+from kdtool.utils import provenance
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-SKIPPED = "Stage 4: {} is complete; skipped (delete it to redo)"
+SKIPPED = "Stage 4: {} is complete and up to date; skipped"
 
 
 @pytest.fixture
@@ -44,9 +45,12 @@ def test_complete_dumps_are_skipped_and_half_done_ones_redone(recipe, tiny_teach
     assert p.returncode == 0, p.out
     frames = recipe / "soft" / "frame_posteriors_tiny"
     assert json.loads((frames / "dump_info.json").read_text())["utterances"] == 6
-    # a complete N-best dir (merged nbest.jsonl): the CTC teacher could not make one, so a run would fail
+    # a complete N-best dir (merged nbest.jsonl) of this teacher and data: the CTC teacher could not make one,
+    # so a run would fail
     nbest = recipe / "soft" / "nbest_tiny"
     nbest.mkdir()
+    made = provenance.record(tiny_teacher, recipe / "dump" / "fbank" / "tiny", uses_text=False)
+    (nbest / "nbest.json").write_text(json.dumps({**provenance.nbest_options(2, 10, 0.3), **made}))
     (nbest / "nbest.1.jsonl").write_text("")
     (nbest / "nbest.jsonl").write_text("")
     before = mtimes(recipe / "soft")

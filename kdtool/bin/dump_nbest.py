@@ -8,13 +8,15 @@
 
 Joint CTC/attention beam search (as stage 6's ar_beam); --device cuda (or cuda:N) runs it on a GPU
 (the merge needs none). The format is documented in kdtool/kd/nbest.py. Untranscribed sets work too:
-the lists need no transcript.
+the lists need no transcript. --check (with the dump's options) exits 0 when --out_dir is complete and
+made with these options from the teacher's current weights and the data's current features, else 1
+with the reason (stage 4 then redoes it).
 """
 import argparse
+import sys
 
 from kdtool.bin._common import run_main
-from kdtool.kd.nbest import dump_nbest_job, merge_nbest
-from kdtool.models.load import resolve_device
+from kdtool.utils import provenance
 
 
 def get_parser():
@@ -29,6 +31,8 @@ def get_parser():
     g = p.add_mutually_exclusive_group()
     g.add_argument("--job", type=int, help="which job (1-based) to compute")
     g.add_argument("--merge", action="store_true", help="join the finished jobs' lists into nbest.jsonl")
+    g.add_argument("--check", action="store_true",
+                   help="exit 0 if --out_dir is complete and up to date (teacher, data, options), else 1")
     p.add_argument("--batch_size", type=int, default=8, help="utterances per encoder batch")
     p.add_argument("--device", default="cpu", help="the teacher's torch device: cpu, cuda or cuda:N (not for --merge)")
     p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (parallelism comes from the jobs)")
@@ -40,8 +44,16 @@ def main():
     args = parser.parse_args()
     if args.nj < 1 or args.batch_size < 1 or args.num_threads < 1:
         parser.error("--nj, --batch_size and --num_threads must be 1 or more")
-    if args.job is None and not args.merge and args.nj > 1:
+    if args.job is None and not args.merge and not args.check and args.nj > 1:
         parser.error(f"--nj {args.nj} needs --job (one of the jobs) or --merge")
+    if args.check:  # before importing torch: kd.sh runs this for every dump
+        why = provenance.check_up_to_date(args.out_dir, "nbest.json", "nbest.jsonl",
+                                          provenance.nbest_options(args.nbest, args.beam_size, args.ctc_weight),
+                                          args.teacher, args.data)
+        print(f"{args.out_dir}: {why or 'up to date'}")
+        sys.exit(1 if why else 0)
+    from kdtool.kd.nbest import dump_nbest_job, merge_nbest
+    from kdtool.models.load import resolve_device
     if not args.merge:
         device = resolve_device(args.device)  # an unusable device fails before any work
         import torch

@@ -16,14 +16,21 @@ teacher on a GPU (the merge needs none). Types:
 
 --topk K stores the K most probable tokens per frame (renormalized); unset or 0: dense.
 The merged dir holds soft_labels.{json,scp}, the jobs' arks and dump_info.json (counts, storage,
-speed); the format is documented in kdtool/kd/softlabels.py.
+speed, and the sha256 of the teacher's weights and the data it was made from); the format is
+documented in kdtool/kd/softlabels.py.
+
+--check (with the options of the dump) only says whether --out_dir is up to date: exit 0 when it is
+a complete dump made with these options from the teacher's current weights and the data dir's
+current features (and transcripts, for the types that read them), else exit 1 with the reason
+(stage 4 then redoes it).
 """
 import argparse
+import sys
 
 from kdtool.bin._common import run_main
-from kdtool.kd.dump import dump_job, merge_dump
-from kdtool.kd.softlabels import TYPES
-from kdtool.models.load import resolve_device
+from kdtool.utils import provenance
+
+TYPES = ("frame_posteriors", "fb_posteriors", "token_posteriors", "rnnt_lattice")  # kdtool.kd.softlabels.TYPES
 
 
 def str2bool(v):
@@ -46,6 +53,8 @@ def get_parser():
     g = p.add_mutually_exclusive_group()
     g.add_argument("--job", type=int, help="which job (1-based) to compute")
     g.add_argument("--merge", action="store_true", help="join the finished jobs' outputs, write dump_info.json")
+    g.add_argument("--check", action="store_true",
+                   help="exit 0 if --out_dir is complete and up to date (teacher, data, options), else 1")
     p.add_argument("--batch_size", type=int, default=16, help="utterances per encoder batch (sorted by length)")
     p.add_argument("--skip_bad", type=str2bool, default=False,
                    help="true: leave out (and count) utterances that cannot be aligned / are too short")
@@ -65,8 +74,16 @@ def main():
         parser.error(f"--temperature must be positive, not {args.temperature}")
     if args.batch_size < 1 or args.num_threads < 1:
         parser.error("--batch_size and --num_threads must be 1 or more")
-    if args.job is None and not args.merge and args.nj > 1:
+    if args.job is None and not args.merge and not args.check and args.nj > 1:
         parser.error(f"--nj {args.nj} needs --job (one of the jobs) or --merge")
+    if args.check:  # before importing torch: kd.sh runs this for every dump
+        why = provenance.check_up_to_date(args.out_dir, "soft_labels.json", "dump_info.json",
+                                          provenance.soft_label_options(args.type, args.topk, args.temperature),
+                                          args.teacher, args.data)
+        print(f"{args.out_dir}: {why or 'up to date'}")
+        sys.exit(1 if why else 0)
+    from kdtool.kd.dump import dump_job, merge_dump
+    from kdtool.models.load import resolve_device
     if args.merge:
         info = merge_dump(args.out_dir, args.nj)
         print(f"{args.out_dir}: {info['utterances']} utterances, {info['frames']} frames, "

@@ -64,6 +64,7 @@ from kdtool.models.load import load_trained
 from kdtool.tokens import Tokenizer
 from kdtool.train.config import model_part, resolve_config
 from kdtool.train.trainer import train
+from kdtool.utils.provenance import check_dumps
 
 TERMS = ("frame", "token", "seq", "lattice")
 KD_DEFAULTS = {"alpha": 0.5, "temperature": 1.0, "frame_weight": 1.0, "token_weight": 0.0, "seq_weight": 0.0,
@@ -216,6 +217,8 @@ def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_l
             sources[term], used = NBestSet(nbest_dirs, tokens_path), used + list(nbest_dirs)
         elif not (term == "frame" and online):
             sources[term], used = SoftLabelSet(dumps[term], tokens_path, kd["temperature"]), used + dumps[term]
+    # a dump of another teacher, or of data changed since stage 4, is refused here, before training
+    check_dumps([r for s in sources.values() for r in s.readers], teacher_dir, train_dirs + untrans_dirs)
     teacher = OnlineTeacher(trained, kd["online_type"], kd["temperature"],
                             mean_std(load_cmvn(cmvn_path))) if online else None
     wrap = (lambda ds: DistillDataset(ds, student, sources, kd["missing"])) if sources else None  # noqa: E731

@@ -15,7 +15,8 @@
     dense_bytes_per_frame        4 * V: what dense float32 storage would take
     seconds                      teacher compute time summed over the jobs (encoder + posteriors)
     frames_per_second            frames / seconds (stored frames); input_frames_per_second likewise
-    type, topk, temperature, teacher, vocab_size, subsampling, nj
+    type, topk, temperature, teacher, vocab_size, subsampling, nj, format_version
+    teacher_sha256, data, feats_scp_sha256, text_sha256   where it came from (kdtool.utils.provenance)
 
 Types (rows per utterance in brackets; "frames" in the stats count rows):
 
@@ -44,6 +45,7 @@ from kdtool.kd.softlabels import (FRAME_TYPES, TYPES, SoftLabelError, SoftLabelW
 from kdtool.models.asr import subsampled_length, subsampling_factor
 from kdtool.models.load import load_trained
 from kdtool.train.dataset import SpeechDataset, collate
+from kdtool.utils import provenance
 from kdtool.utils.atomic import atomic_open
 
 
@@ -66,14 +68,15 @@ def check_teacher(trained, type="frame_posteriors"):
         raise ValueError(f"{trained.exp_dir}: {type} come from an {need} teacher, not a {model.kind} model")
 
 
-def teacher_meta(trained, type, topk, temperature):
+def teacher_meta(trained, type, topk, temperature, data_dir=None):
+    """soft_labels.json's entries; with ``data_dir``, where the dump comes from (kdtool.utils.provenance)."""
     if type not in TYPES:
         raise ValueError(f"--type {type!r} is not one of {TYPES}")
     sub = subsampling_factor(trained.model)
-    return {"type": type, "topk": topk or None, "vocab_size": len(trained.tokenizer),
-            "temperature": 1.0 if type == "fb_posteriors" else float(temperature),
+    return {**provenance.soft_label_options(type, topk, temperature), "vocab_size": len(trained.tokenizer),
             "tokens_sha256": tokens_sha256(Path(trained.exp_dir) / "tokens" / "tokens.txt"),
-            "teacher": str(Path(trained.exp_dir).resolve()), "subsampling": sub, "frame_shift_ms": 10 * sub}
+            "teacher": str(Path(trained.exp_dir).resolve()), "subsampling": sub, "frame_shift_ms": 10 * sub,
+            **(provenance.record(trained.exp_dir, data_dir, type in NEEDS_TEXT) if data_dir else {})}
 
 
 def _bad_utterances(model, ds, utts, type):
@@ -101,7 +104,6 @@ def dump_job(teacher_dir, data_dir, out_dir, type="frame_posteriors", topk=None,
     model = trained.model.eval()
     if type == "fb_posteriors" and temperature != 1.0:
         logging.warning("--type fb_posteriors is computed at temperature 1; --temperature %s is ignored", temperature)
-    meta = teacher_meta(trained, type, topk, temperature)
     if type in NEEDS_TEXT and not DataDir(data_dir).has("text"):
         raise ValueError(f"{data_dir}: no text file: --type {type} needs transcripts "
                          "(use --type frame_posteriors for untranscribed data)")
@@ -109,6 +111,7 @@ def dump_job(teacher_dir, data_dir, out_dir, type="frame_posteriors", topk=None,
                        require_text=type in NEEDS_TEXT)
     if len(ds) == 0:
         raise ValueError(f"{data_dir}: no utterances")
+    meta = teacher_meta(trained, type, topk, temperature, data_dir)  # hashes the inputs as they are read
     utts = job_slice(ds.utts, job, nj)
     bad = _bad_utterances(model, ds, utts, type)
     if bad:
@@ -195,7 +198,8 @@ def merge_dump(out_dir, nj):
             "frames_per_second": round(total["frames"] / secs, 1),
             "input_frames_per_second": round(total["input_frames"] / secs, 1),
             "seconds": round(total["seconds"], 3), "nj": nj,
-            **{k: meta[k] for k in ("type", "topk", "temperature", "teacher", "vocab_size", "subsampling")}}
+            **{k: meta.get(k) for k in ("type", "topk", "temperature", "teacher", "vocab_size", "subsampling",
+                                        "format_version", *provenance.KEYS)}}
     with atomic_open(out / "dump_info.json") as f:
         json.dump(info, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -2,7 +2,9 @@
 
 An N-best dir holds::
 
-    nbest.json            {teacher, tokens_sha256, vocab_size, beam_size, nbest, ctc_weight, format_version}
+    nbest.json            {teacher, tokens_sha256, vocab_size, beam_size, nbest, ctc_weight, format_version,
+                           teacher_sha256, data, feats_scp_sha256, text_sha256 (null: the lists need no
+                           transcript)}: where they came from, checked by stages 4 and 5 (kdtool.utils.provenance)
     nbest.<job>.jsonl     one job's utterances, one JSON object per line (written under a temporary
                           name and renamed when complete)
     nbest.jsonl           all jobs' lines, sorted by utterance (LC_ALL=C); written last by ``merge_nbest``
@@ -30,6 +32,7 @@ from kdtool.features.fbank import job_slice
 from kdtool.kd.softlabels import SoftLabelError, index_by_utterance, tokens_sha256
 from kdtool.models.load import load_trained
 from kdtool.train.dataset import SpeechDataset, collate
+from kdtool.utils import provenance
 from kdtool.utils.atomic import atomic_open
 
 FORMAT_VERSION = 1
@@ -56,7 +59,8 @@ def dump_nbest_job(teacher_dir, data_dir, out_dir, nbest=5, beam_size=10, ctc_we
     (out / "nbest.jsonl").unlink(missing_ok=True)  # stale once any job reruns
     meta = {"teacher": str(Path(teacher_dir).resolve()), "tokens_sha256": tokens_sha256(
             Path(teacher_dir) / "tokens" / "tokens.txt"), "vocab_size": len(trained.tokenizer),
-            "beam_size": beam_size, "nbest": nbest, "ctc_weight": ctc_weight, "format_version": FORMAT_VERSION}
+            "format_version": FORMAT_VERSION, **provenance.nbest_options(nbest, beam_size, ctc_weight),
+            **provenance.record(teacher_dir, data_dir, uses_text=False)}
     with atomic_open(out / "nbest.json") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
     final = job_path(out, job)

@@ -3,7 +3,7 @@
 A soft-label dump dir (stage 4 output, stage 5 input) holds::
 
     soft_labels.json          metadata (below)
-    soft_labels.<job>.ark     float32 matrices written by kaldiio, one per utterance
+    soft_labels.<job>.ark     one Kaldi matrix per utterance, written by kaldiio (layout below)
     soft_labels.<job>.scp     <utt> <absolute ark path>:<byte offset>, one job's utterances
     soft_labels.scp           all jobs' scp lines, sorted (LC_ALL=C); written last, by merge_jobs
 
@@ -24,13 +24,26 @@ A soft-label dump dir (stage 4 output, stage 5 input) holds::
     teacher         path of the teacher's exp dir
     subsampling     teacher encoder frames per input (10 ms) frame, e.g. 4
     frame_shift_ms  input frame shift (10)
-    format_version  1
+    teacher_sha256, data, feats_scp_sha256, text_sha256
+                    where the dump came from (kdtool.utils.provenance): checked by stages 4 and 5
+    format_version  2 (1: before compact top-k storage and provenance; still read)
 
-Per utterance one float32 matrix of N rows (frames, positions or lattice nodes):
+Per utterance one matrix of N rows (frames, positions or lattice nodes):
 
-    dense  [N, V]   probabilities, rows sum to 1 (rnnt_lattice: [N, 3])
-    top-k  [N, 2K]  columns 0..K-1: token ids (float32 is exact for ids < 2^24);
-                    columns K..2K-1: their probabilities, renormalized to sum to 1 over the K kept
+    dense   float32 [N, V]  probabilities, rows sum to 1 (rnnt_lattice: [N, 3])
+    top-k   the K most probable tokens of each row, most probable first, their probabilities
+            renormalized to sum to 1, packed into B * K + K - 1 bytes per row, stored as a Kaldi
+            compressed matrix of whole numbers 0..255 (kaldiio compression_method 6, "CM3": one byte
+            per entry, read back exactly):
+              bytes 0 .. B*K-1      the K token ids, B bytes each, little-endian: B = 1 for V <= 256,
+                                    2 for V <= 65536, else 3
+              bytes B*K .. B*K+K-2  c_1 .. c_{K-1}: round(255 * (p_1 + ... + p_j)), the cumulative
+                                    probabilities in 1/255 steps; with c_0 = 0 and c_K = 255,
+                                    p_j = (c_j - c_{j-1}) / 255: rows sum to exactly 1, every
+                                    probability within 1/255 of the teacher's (top-8 of a 5000-token
+                                    list: 23 bytes per row, against 64 as float32)
+    top-k, format_version 1: float32 [N, 2K], columns 0..K-1 the ids (as floats), K..2K-1 their
+            probabilities
 
 A job writes its ark and scp under temporary names and renames them when complete (ark first,
 then scp), and any stale merged ``soft_labels.scp`` is removed when a job starts, so a killed
@@ -48,13 +61,16 @@ from kdtool.data.datadir import c_sorted, read_table, write_table
 from kdtool.utils.atomic import atomic_open
 from kdtool.utils.files import file_sha256
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FRAME_TYPES = ("frame_posteriors", "fb_posteriors")
 TYPES = (*FRAME_TYPES, "token_posteriors", "rnnt_lattice")
 LATTICE_COLUMNS = 3  # blank, next label, all other labels
 META_KEYS = ("type", "topk", "vocab_size", "temperature", "tokens_sha256", "teacher", "subsampling",
              "frame_shift_ms")
-MAX_ID = 2 ** 24  # float32 holds every integer below this exactly
+MAX_ID = 2 ** 24  # ids take at most 3 bytes (format 1: float32 holds every integer below this exactly)
+PROB_STEPS = 255  # top-k probabilities in 1/255 steps: one byte each
+COMPRESSED_BYTES = 6  # kaldiio compression_method kOneByteUnsignedInteger: "CM3", whole numbers 0..255 exact
 
 
 class SoftLabelError(ValueError):
@@ -77,6 +93,38 @@ def to_topk(probs, k):
         raise ValueError(f"topk={k} must be in 1..{probs.shape[-1]} (the vocabulary size)")
     p, ids = torch.topk(probs.float(), k, dim=-1)
     return ids, p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def id_bytes(vocab_size):
+    """Bytes per stored token id: 1 for up to 256 tokens, 2 up to 65536, else 3."""
+    return 1 if vocab_size <= 256 else 2 if vocab_size <= 65536 else 3
+
+
+def pack_topk(ids, probs, vocab_size):
+    """Top-k rows (ids [N, K], probs [N, K] summing to 1) -> uint8 [N, B*K + K-1] (layout above)."""
+    B, (N, K) = id_bytes(vocab_size), ids.shape
+    shifts = 8 * torch.arange(B)
+    id_cols = ((ids.long()[..., None] >> shifts) & 255).reshape(N, K * B)
+    cum = torch.round(PROB_STEPS * probs.double().cumsum(-1)[:, :-1]).clamp(0, PROB_STEPS)
+    return torch.cat([id_cols, cum.long()], dim=-1).to(torch.uint8).numpy()
+
+
+def unpack_topk(mat, k, vocab_size):
+    """The inverse of ``pack_topk``: (ids [N, K] long, probs [N, K] float32)."""
+    B = id_bytes(vocab_size)
+    b = torch.from_numpy(np.rint(mat)).long()
+    ids = (b[:, :k * B].reshape(-1, k, B) << (8 * torch.arange(B))).sum(-1)
+    edges = torch.cat([torch.zeros(len(b), 1, dtype=torch.long), b[:, k * B:],
+                       torch.full((len(b), 1), PROB_STEPS)], dim=-1)
+    return ids, edges.diff(dim=-1).float() / PROB_STEPS
+
+
+def row_bytes(meta):
+    """Stored entries per row: dense V (or 3) floats, top-k packed bytes (format 1: 2K floats)."""
+    if meta["topk"] is None:
+        return row_width(meta)
+    k = meta["topk"]
+    return 2 * k if meta.get("format_version") == 1 else id_bytes(meta["vocab_size"]) * k + k - 1
 
 
 def check_meta(meta):
@@ -125,7 +173,8 @@ class SoftLabelWriter:
             stale.unlink(missing_ok=True)
         with atomic_open(self.out_dir / "soft_labels.json") as f:
             json.dump(self.meta, f, indent=2, sort_keys=True)
-        self._writer = kaldiio.WriteHelper(f"ark,scp:{self.tmp_ark},{self.tmp_scp}")
+        compressed = COMPRESSED_BYTES if self.meta["topk"] is not None else None
+        self._writer = kaldiio.WriteHelper(f"ark,scp:{self.tmp_ark},{self.tmp_scp}", compression_method=compressed)
         return self
 
     def write(self, utt, probs):
@@ -138,10 +187,11 @@ class SoftLabelWriter:
             raise SoftLabelError(f"utterance {utt}: rows are not probability distributions "
                                  f"(min {probs.min():.3g}, row sums {sums.min():.4g}..{sums.max():.4g}); "
                                  "log-probabilities or logits given?")
-        if self.meta["topk"] is not None:
-            ids, p = to_topk(probs, self.meta["topk"])
-            probs = torch.cat([ids.float(), p], dim=-1)
-        self._writer(utt, probs.numpy().astype(np.float32))
+        if self.meta["topk"] is None:
+            self._writer(utt, probs.numpy().astype(np.float32))
+        else:
+            packed = pack_topk(*to_topk(probs, self.meta["topk"]), self.meta["vocab_size"])
+            self._writer(utt, packed.astype(np.float32))  # whole numbers 0..255, stored one byte each
 
     __call__ = write
 
@@ -191,9 +241,9 @@ class SoftLabelReader:
             if not p.is_file():
                 raise SoftLabelError(f"{p}: missing: the soft-label dump is incomplete (rerun stage 4)")
         self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise SoftLabelError(f"{meta_path}: format_version {self.meta.get('format_version')} is not "
-                                 f"{FORMAT_VERSION}; redump the soft labels")
+        if self.meta.get("format_version") not in READABLE_VERSIONS:
+            raise SoftLabelError(f"{meta_path}: format_version {self.meta.get('format_version')} is not one of "
+                                 f"{READABLE_VERSIONS} (made by a newer kdtool?); rerun stage 4")
         check_meta(self.meta)
         if tokens_path is not None and tokens_sha256(tokens_path) != self.meta["tokens_sha256"]:
             raise SoftLabelError(f"{tokens_path}: token list differs from the one the soft labels in {self.dir} "
@@ -222,23 +272,36 @@ class SoftLabelReader:
         except Exception as e:  # kaldiio raises ValueError, RuntimeError, AssertionError, OSError...
             raise SoftLabelError(f"{ark}: utterance {utt}: unreadable, truncated or corrupt ark "
                                  f"({type(e).__name__}: {e}); rerun stage 4") from None
-        cols = self.width if self.topk is None else 2 * self.topk
+        cols = row_bytes(self.meta)
         if mat.ndim != 2 or mat.shape[1] != cols or mat.shape[0] == 0:
             raise SoftLabelError(f"{ark}: utterance {utt}: matrix of shape {mat.shape}, expected [T, {cols}]")
-        return torch.from_numpy(np.array(mat, dtype=np.float32))  # a writable copy
+        return mat
+
+    def _topk(self, utt, mat):
+        k = self.topk
+        if self.meta["format_version"] == 1:
+            mat = torch.from_numpy(np.array(mat, dtype=np.float32))
+            ids, probs = mat[:, :k].long(), mat[:, k:]
+        else:
+            ids, probs = unpack_topk(mat, k, self.vocab_size)
+        if ids.max() >= self.width:
+            raise SoftLabelError(f"{self.scp[utt].rsplit(':', 1)[0]}: utterance {utt}: token id {int(ids.max())} "
+                                 f"is outside the {self.width}-token list: corrupt ark; rerun stage 4")
+        return ids, probs
 
     def sparse(self, utt):
+        """(ids [N, K], probs [N, K]); a dense dump gives every token, most probable first."""
         mat = self._load(utt)
         if self.topk is None:
-            return to_topk(mat, self.width)
-        return mat[:, :self.topk].long(), mat[:, self.topk:]
+            return to_topk(torch.from_numpy(np.array(mat, dtype=np.float32)), self.width)
+        return self._topk(utt, mat)
 
     def dense(self, utt):
         mat = self._load(utt)
         if self.topk is None:
-            return mat
-        ids, probs = mat[:, :self.topk].long(), mat[:, self.topk:]
-        return torch.zeros(mat.shape[0], self.width).scatter_(1, ids, probs)
+            return torch.from_numpy(np.array(mat, dtype=np.float32))  # a writable copy
+        ids, probs = self._topk(utt, mat)
+        return torch.zeros(ids.shape[0], self.width).scatter_(1, ids, probs)
 
     def num_frames(self, utt):
         return self._load(utt).shape[0]
@@ -257,7 +320,7 @@ def index_by_utterance(readers, utts_of, what="soft labels"):
 
 
 def bytes_per_frame(dump_dir):
-    """Ark bytes per stored frame (dense: ~4V, top-k: ~8K), for reporting storage cost."""
+    """Ark bytes per stored frame (dense: ~4V, top-k: ~B*K + K-1, format 1 ~8K), for reporting storage cost."""
     reader = SoftLabelReader(dump_dir)
     arks = {v.rsplit(":", 1)[0] for v in reader.scp.values()}
     frames = sum(reader.num_frames(utt) for utt in reader.scp)

@@ -178,10 +178,16 @@ fi
 
 [ -n "${soft_label_dir}" ] || soft_label_dir=${kd_teacher}/soft_labels
 
-# complete DIR FILE: whether stage 4 finished DIR (its merge writes FILE last; a rerun job deletes it first)
-complete() {
-  [ -f "$1/$2" ] || return 1
-  log "Stage 4: $1 is complete; skipped (delete it to redo)"
+# up_to_date DIR MODULE OPTS...: whether DIR is a finished dump made with OPTS from the teacher's current weights and
+# the data's current features and transcripts (MODULE's --check, which says why not); a stale or half-done one is redone
+up_to_date() {
+  local out=$1 why; shift
+  if why=$(python -m "$@" --check); then
+    log "Stage 4: ${out} is complete and up to date; skipped"
+    return 0
+  fi
+  [ ! -e "${out}" ] || log "Stage 4: redoing ${why:-${out}}"
+  return 1
 }
 
 # dump_knowledge TEACHER OUT_ROOT TYPES: stage 4's dumps of TEACHER into OUT_ROOT/<type>[_dense]_<set>
@@ -194,12 +200,14 @@ dump_knowledge() {
     sets="${train_sp}"; [ "${type}" = frame_posteriors ] && sets="${sets} ${untrans_set}"
     for x in ${sets}; do
       out=${root}/${name}_${x}
-      complete "${out}" dump_info.json && continue
-      log "Stage 4: ${type} of ${teacher} on ${x} -> ${out}"
       opts="--teacher ${teacher} --data ${dumpdir}/fbank/${x} --out_dir ${out} --type ${type} --nj ${nj}"
+      opts="${opts} --topk ${topk} --temperature ${soft_label_temperature}"
+      # shellcheck disable=SC2086
+      up_to_date "${out}" kdtool.bin.dump_soft_labels ${opts} && continue
+      log "Stage 4: ${type} of ${teacher} on ${x} -> ${out}"
       # shellcheck disable=SC2086
       ${infer_cmd} JOB=1:"${nj}" "${out}/log/dump.JOB.log" python -m kdtool.bin.dump_soft_labels ${opts} \
-        --topk "${topk}" --temperature "${soft_label_temperature}" --device "${infer_device}" --job JOB
+        --device "${infer_device}" --job JOB
       # shellcheck disable=SC2086
       python -m kdtool.bin.dump_soft_labels ${opts} --merge
     done
@@ -229,7 +237,8 @@ if in_stages 4; then
     nbest_sets=${train_sp}; ${nbest_untrans} && nbest_sets="${nbest_sets} ${untrans_set}"
     for x in ${nbest_sets}; do
       out=${soft_label_dir}/nbest_${x}
-      complete "${out}" nbest.jsonl && continue
+      up_to_date "${out}" kdtool.bin.dump_nbest --teacher "${kd_teacher}" --data "${dumpdir}/fbank/${x}" \
+        --out_dir "${out}" --nbest "${nbest}" --beam_size "${nbest_beam}" && continue
       log "Stage 4: ${nbest}-best lists of ${kd_teacher} on ${x} -> ${out}"
       ${infer_cmd} JOB=1:"${nj}" "${out}/log/nbest.JOB.log" python -m kdtool.bin.dump_nbest --teacher "${kd_teacher}" \
         --data "${dumpdir}/fbank/${x}" --out_dir "${out}" --nbest "${nbest}" --beam_size "${nbest_beam}" --nj "${nj}" \
@@ -241,11 +250,9 @@ if in_stages 4; then
   stage_done 4
 fi
 
-# chain_knowledge TEACHER: what a chain's student learns from TEACHER, dumped once
+# chain_knowledge TEACHER: what a chain's student learns from TEACHER (dumped once; redone when TEACHER is retrained)
 chain_knowledge() {
-  [ -f "$1/soft_labels/chain.done" ] && return
   dump_knowledge "$1" "$1/soft_labels" "${chain_soft_label_types}"
-  touch "$1/soft_labels/chain.done"
 }
 
 # run_chain A.yaml,B.yaml,...: progressive distillation; each student is the next one's teacher
