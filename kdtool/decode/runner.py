@@ -244,7 +244,9 @@ def decode_dir(model_dir, data_dir, method, options, out_dir, num_threads=1, com
     out = Path(out_dir)
     write_lines(out / "text", (f"{u} {hyps[u]}".rstrip() for u in c_sorted(hyps)))
     write_lines(out / "decode_time", (f"{u} {seconds[u]:.6f}" for u in c_sorted(seconds)))
-    info = {**info, "method": spec.name(options), "config": {"method": method, **options},
+    # an export's rows stay apart from the PyTorch model's in RESULTS.md: ctc_greedy_onnx_int8
+    name = spec.name(options) + ("" if backend == "torch" else f"_{backend}")
+    info = {**info, "method": name, "config": {"method": method, **options},
             "command": command, "num_threads": num_threads, "device": str(device), "utterances": len(ds),
             "data_dir": str(data_dir), "inputs": inputs,
             # other work on the same cores slows decoding: make_results marks such RTFs
