@@ -129,8 +129,9 @@ def test_a_dump_of_changed_transcripts_or_features_is_refused(teacher, data, tin
     edit_transcript(data)
     with pytest.raises(StaleDumpError) as e:
         distill_from(tmp_path, tiny_features, teacher, data, [fb])
+    text_is = file_sha256(data / "text")
     assert str(e.value).startswith(f"{fb}: stale: made from other transcripts than {data / 'text'} (text_sha256 "
-                                   f"{text_was[:16]} in the dump, {file_sha256(data / 'text')[:16]} now); rerun stage 4")
+                                   f"{text_was[:16]} in the dump, {text_is[:16]} now); rerun stage 4")
     check_dumps([SoftLabelReader(frames)], teacher, [data])  # frame posteriors did not read the transcripts
     # features recomputed elsewhere: feats.scp names other arks
     scp = read_table(data / "feats.scp")
