@@ -221,18 +221,38 @@ def test_sherpa_onnx_decodes_like_kdtool(kind, models, tiny_features, tiny_wavs,
     rec = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
         model=str(exp / "export" / "model.onnx"), tokens=str(exp / "export" / "tokens.txt"), num_threads=1,
         sample_rate=16000, feature_dim=80, decoding_method="greedy_search")
-    sherpa_text = {}
+    streams = {}
     for utt, wav in tiny_wavs.items():
         with wave.open(str(wav)) as w:
             samples = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
             rate = w.getframerate()
-        stream = rec.create_stream()
-        stream.accept_waveform(rate, samples)
-        rec.decode_stream(stream)
-        sherpa_text[utt] = " ".join(stream.result.text.split())
+        streams[utt] = rec.create_stream()
+        streams[utt].accept_waveform(rate, samples)
+    for utt in ("spka-u1", "spkb-u3"):  # one at a time, then all 6 in one padded batch
+        rec.decode_stream(streams[utt])
+        assert " ".join(streams[utt].result.text.split()) == kdtool_text[utt]
+    rec.decode_streams(list(streams.values()))
+    sherpa_text = {utt: " ".join(s.result.text.split()) for utt, s in streams.items()}
     assert any(kdtool_text.values())  # the model has learnt something to compare
     print(kind, "sherpa-onnx:", sherpa_text)
     assert sherpa_text == kdtool_text
+
+
+def test_decode_cli_with_the_onnx_backend(exported, tiny_features, tmp_path, capsys):
+    from kdtool.bin import decode as decode_bin
+
+    config = tmp_path / "ctc_greedy.yaml"
+    config.write_text("method: ctc_greedy\nbatch_size: 4\n")
+    argv = ["kdtool/bin/decode.py", "--model_dir", str(exported["ctc"]), "--data", str(tiny_features["feats"]),
+            "--config", str(config), "--out_dir", str(tmp_path / "dec"), "--backend", "onnx_int8",
+            "--skip_up_to_date"]
+    for _ in range(2):
+        with mock.patch.object(sys, "argv", argv):
+            decode_bin.main()
+    out = capsys.readouterr().out
+    assert "decoded with ctc_greedy_onnx_int8" in out and "up to date" in out.splitlines()[-1]
+    info = json.loads((tmp_path / "dec" / "decode_info.json").read_text())
+    assert info["onnx_files"] == ["model.int8.onnx"] and "--backend onnx_int8" in info["command"]
 
 
 # --- bad input -------------------------------------------------------------------------------

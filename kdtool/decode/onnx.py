@@ -42,7 +42,7 @@ class OnnxModel:
         self.vocab_size = export.meta_int("vocab_size")
         self.blank, self.mask_token = export.meta_int("blank_id"), export.meta_int("mask_id")
         self.convs = json.loads(export.metadata["subsampling_convs"])
-        self.ctc = "ctc" in export.sessions or None
+        self.ctc = True if "ctc" in export.sessions else None  # has a CTC head, as the methods' checks ask
         if "mlm_decoder" in export.sessions:
             self.decoder = OnnxMlmDecoder(export.sessions["mlm_decoder"], self.vocab_size)
 
@@ -86,8 +86,9 @@ def streaming_greedy(model, feats, chunk_size, max_symbols_per_frame=5):
 
     dec_out, state = advance(model.blank, state)
     feats, hyp = feats.numpy(), []
-    for start in range(0, model.subsampled_length(len(feats)), chunk_size):
-        end = min(start + chunk_size, model.subsampled_length(len(feats)))
+    n_out = model.subsampled_length(len(feats))
+    for start in range(0, n_out, chunk_size):  # the chunks of kdtool.decode.streaming.encode_chunks
+        end = min(start + chunk_size, n_out)
         piece = feats[None, sub * start: sub * (end - 1) + field]
         enc, att, conv = s["encoder_chunk"].run(None, {"x": piece, "att_cache": att, "conv_cache": conv,
                                                        "processed_frames": np.array(start, np.int64)})
