@@ -175,7 +175,8 @@ def comparison_lines(groups):
                           "against": f"{AGAINST[c['against']]} ({c['other']})", "set": c["set"],
                           "WER": f"{c['wer']:.2f}", "WER against": f"{c['wer_other']:.2f}",
                           "difference (points) [95% CI]": _interval(c, "diff", "diff_ci", "+.2f"),
-                          "relative (%) [95% CI]": "-" if c["rel_pct"] is None else _interval(c, "rel_pct", "rel_pct_ci", "+.1f"),
+                          "relative (%) [95% CI]": ("-" if c["rel_pct"] is None
+                                                    else _interval(c, "rel_pct", "rel_pct_ci", "+.1f")),
                           "P(improvement)": f"{c['p_improvement']:.3f}"})
     return _table(COMPARISON_COLUMNS, cells) if cells else []
 

@@ -15,8 +15,10 @@ model and seed, its twin is the twin's run of the same seed, and the rows of sev
 comparisons on their pooled utterances (pooled_seeds), which RESULTS.md shows.
 """
 import json
+import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +235,7 @@ def add_comparisons(rows, dev_set, test_set):
     """Every row's paired bootstraps (``comparisons``; the twin's on dev and test also as flat keys),
     and those on the pooled utterances of each model's seeds, added to each of its seeds' rows."""
     counts = {}  # decode dir -> UttCounts: each alignment is read once
+    start = time.perf_counter()
     for row in rows:
         row["comparisons"] = []
         for what, other in _against(row, rows):
@@ -259,6 +262,8 @@ def add_comparisons(rows, dev_set, test_set):
                     pooled.append(c)
         for row in group:
             row["comparisons"] += pooled
+    logging.info("paired bootstrap: %d comparisons of %d rows in %.1f s", sum(len(r["comparisons"]) for r in rows),
+                 len(rows), time.perf_counter() - start)
 
 
 def _sets(row, other, dev_set):
