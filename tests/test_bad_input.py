@@ -15,9 +15,8 @@ import torch
 from kdtool.bin._common import run_main
 from kdtool.data.audio import AudioError, load_audio
 from kdtool.data.datadir import DataDir, DataDirError, read_table
-from kdtool.data.fix import fix_data_dir
 from kdtool.data.validate import validate_data_dir
-from kdtool.features.cmvn import compute_cmvn, load_cmvn
+from kdtool.features.cmvn import load_cmvn
 from kdtool.features.fbank import compute_fbank_job, merge_fbank_jobs
 from kdtool.models.load import load_weights
 from kdtool.utils.lock import LockedError, hold_lock
@@ -147,8 +146,8 @@ def test_a_command_that_reads_stdin_does_not_hang(tiny_datadir, tmp_path):
     set_entry(tiny_datadir, "spka-u2", "cat |")  # would wait for a terminal forever
     # run as from a terminal: our stdin stays open and silent, so a command that inherited it would wait
     with open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "kdtool.bin.validate_data_dir", "--audio", str(tiny_datadir.path)],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        cmd = [sys.executable, "-m", "kdtool.bin.validate_data_dir", "--audio", str(tiny_datadir.path)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
         try:
             proc.wait(timeout=120)  # not communicate(): it would close our end of stdin
         except subprocess.TimeoutExpired:

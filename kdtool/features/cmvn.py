@@ -61,7 +61,8 @@ def load_cmvn(path):
     try:
         stats = kaldiio.load_mat(str(path))
     except Exception as e:
-        raise DataDirError(f"{path}: cannot read CMVN statistics ({type(e).__name__}: {e}); rerun compute_cmvn") from None
+        raise DataDirError(f"{path}: cannot read CMVN statistics ({type(e).__name__}: {e}); "
+                           "rerun compute_cmvn") from None
     stats = np.asarray(stats)
     if stats.ndim != 2 or stats.shape[0] != 2 or stats.shape[1] < 2:
         raise DataDirError(f"{path}: not CMVN statistics (shape {stats.shape}, expected 2 x (dim + 1))")

@@ -98,7 +98,8 @@ def check_checksums(exp_dir, names=CHECKED_FILES, warn_only=("model.pth",)):
     try:
         recorded = json.loads(path.read_text())
     except ValueError:
-        raise ValueError(f"{path}: not valid JSON (damaged?); restore it, or delete it to load {exp} unchecked") from None
+        raise ValueError(f"{path}: not valid JSON (damaged?); restore it, or delete it to load {exp} "
+                         "unchecked") from None
     for name in names:
         if name in recorded and file_sha256(exp / name) != recorded[name]:
             if name in warn_only:
