@@ -250,3 +250,34 @@ def test_patience_stops_a_training_whose_validation_loss_is_flat(tiny_features, 
     _, valid_curve = read_metrics(tmp_path / "e" / "csv")
     assert info["epochs"] == 2 and [e for e, _ in valid_curve] == [1, 2]
     assert (tmp_path / "e" / "model.pth").exists()
+
+
+def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_where_an_uninterrupted_run_would(tiny_features, tmp_path):
+    """Epochs of a teacher on a CPU outlast a machine's loan: last.ckpt is also written inside an epoch
+    (--checkpoint_minutes) and the rerun skips exactly the batches already trained."""
+    cfg = {**KINDS["ctc"], **TRAINING, "max_epoch": 2, "batch_frames": 200, "keep_nbest_models": 1,
+           "specaug_conf": {"apply_time_warp": False, "time_mask_width_range": [0, 5]}}
+    conf = tmp_path / "train.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    f = tiny_features
+
+    def cmd(exp):
+        return [sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
+                "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
+                "--exp_dir", str(exp), "--accelerator", "cpu", "--devices", "1", "--checkpoint_minutes", "1e-9"]
+
+    subprocess.run(cmd(tmp_path / "clean"), check=True, capture_output=True)
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    last, deadline = tmp_path / "killed" / "checkpoints" / "last.ckpt", time.time() + 120
+    while not last.exists() and time.time() < deadline:  # written after the first batch, long before epoch 1 ends
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(last, weights_only=False)
+    trained = state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_trained"]
+    assert state["epoch"] == 0 and 0 < trained, "the kill should land inside the first epoch"
+    subprocess.run(cmd(tmp_path / "killed"), check=True, capture_output=True)
+    clean, resumed = torch.load(tmp_path / "clean" / "model.pth"), torch.load(tmp_path / "killed" / "model.pth")
+    for k in clean:
+        torch.testing.assert_close(resumed[k], clean[k], rtol=0, atol=0, msg=k)

@@ -27,6 +27,8 @@ def get_parser(description=__doc__):
     p.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
     p.add_argument("--devices", default="auto", help="number of GPUs (or 'auto')")
     p.add_argument("--num_nodes", type=int, default=1)
+    p.add_argument("--checkpoint_minutes", type=float, default=10,
+                   help="also write the resume point (checkpoints/last.ckpt) every N minutes inside an epoch (0: off)")
     p.add_argument("--seed", type=int, default=None,
                    help="replaces the config's seed (initial weights, batch order, dropout): one run per seed")
     return p
@@ -46,7 +48,8 @@ def main():
     args = get_parser().parse_args()
     train(with_seed(load_config(args.config), args.seed), args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
           devices=devices(args), num_nodes=args.num_nodes, accelerator=args.accelerator,
-          extra_info={"config": args.config, "command": command_line("kdtool.bin.train")})
+          extra_info={"config": args.config, "command": command_line("kdtool.bin.train")},
+          checkpoint_minutes=args.checkpoint_minutes)
 
 
 if __name__ == "__main__":

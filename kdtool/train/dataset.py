@@ -94,10 +94,10 @@ def collate(batch):
     }
 
 
-def build_dataloader(dataset, sampler, num_workers=0):
+def build_dataloader(dataset, sampler, num_workers=0, loader_class=torch.utils.data.DataLoader):
     """A DataLoader over ``dataset`` whose batches (lists of utterance ids) come from ``sampler``;
     a dataset with its own ``collate`` (distillation's) pads its batches itself."""
     # Persistent workers: no re-fork each epoch; the sampler stays in this process, so set_epoch works.
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
+    return loader_class(dataset, batch_sampler=sampler,
                                        collate_fn=getattr(dataset, "collate", collate),
                                        num_workers=num_workers, persistent_workers=num_workers > 0)

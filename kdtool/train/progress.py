@@ -32,6 +32,7 @@ class LogLines(L.Callback):
 
     def __init__(self, interval, periodic=True):
         self.interval, self.periodic = max(1, int(interval)), periodic
+        self.on_train_epoch_start(None, None)  # a run resumed inside an epoch starts there, without this hook
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.epoch_start = self.window_start = time.perf_counter()

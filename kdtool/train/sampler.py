@@ -24,7 +24,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             raise ValueError("no utterances to make batches of")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.shuffle, self.seed, self.epoch, self._skip = shuffle, seed, 0, 0
         self.num_replicas, self.rank, self.drop_last = num_replicas, rank, drop_last
         self.batches = self._make_batches({u: int(n) for u, n in num_frames.items()}, batch_frames, max_batch_size)
         if drop_last and len(self.batches) < num_replicas:
@@ -63,8 +63,13 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         pad = (-n) % r  # fewer than r, so (order * r) has enough to repeat even when n < r
         return order + (order * r)[:pad]
 
+    def skip_next(self, n):
+        """The next epoch's iteration starts after its first ``n`` batches (a run resumed mid-epoch)."""
+        self._skip = n
+
     def __iter__(self):
-        for i in self._order()[self.rank::self.num_replicas]:
+        skip, self._skip = self._skip, 0
+        for i in self._order()[self.rank::self.num_replicas][skip:]:
             yield list(self.batches[i])  # a copy: callers may reorder it
 
     def __len__(self):

@@ -31,6 +31,7 @@ from kdtool.models.load import write_checksums
 from kdtool.tokens import Tokenizer
 from kdtool.train.config import model_part
 from kdtool.train.dataset import SpeechDataset, build_dataloader
+from kdtool.train.resume import PeriodicCheckpoint, ResumableLoader
 from kdtool.train.module import ASRTask
 from kdtool.train.plot import plot_learning_curve
 from kdtool.train.progress import LogLines
@@ -76,8 +77,9 @@ def average_checkpoints(paths):
 
 
 def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices="auto", num_nodes=1,
-          accelerator="auto", loss_fn=None, model=None, extra_info=None, wrap_train_set=None):
-    """Train (or resume) and write the exp dir. Returns model_info as a dict.
+          accelerator="auto", loss_fn=None, model=None, extra_info=None, wrap_train_set=None, checkpoint_minutes=10):
+    """Train (or resume) and write the exp dir. Returns model_info as a dict. ``checkpoint_minutes``:
+    how often last.ckpt is also written inside an epoch (0: at epoch ends only); a rerun resumes there.
 
     Distillation (kdtool.kd.distill) passes its ``loss_fn(model, batch)``, the student ``model``
     and ``wrap_train_set(dataset)``, which adds soft labels to the training items."""
@@ -115,7 +117,8 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
     trainer = L.Trainer(
         max_epochs=config["max_epoch"], accelerator=accelerator, devices=devices, num_nodes=num_nodes,
         precision=precision, gradient_clip_val=config["grad_clip"], accumulate_grad_batches=config["accum_grad"],
-        callbacks=[ckpt, *stop, *bar, LogLines(config["log_interval"], periodic=not tty)], enable_progress_bar=tty,
+        callbacks=[ckpt, *stop, *bar, LogLines(config["log_interval"], periodic=not tty),
+                   PeriodicCheckpoint(exp / "checkpoints" / "last.ckpt", checkpoint_minutes)], enable_progress_bar=tty,
         # a resumed run logs to csv/version_<n+1>: lightning would overwrite the earlier run's metrics
         logger=[TensorBoardLogger(exp, name="tensorboard", version=""), CSVLogger(exp, name="csv")],
         log_every_n_steps=config["log_interval"], use_distributed_sampler=False,  # our sampler knows the ranks
@@ -125,7 +128,12 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
         sampler = BucketBatchSampler(ds.num_frames, config["batch_frames"], shuffle=shuffle, seed=config["seed"],
                                      num_replicas=trainer.world_size, rank=trainer.global_rank,
                                      max_batch_size=config["max_batch_size"])
-        return build_dataloader(ds, sampler, num_workers=config["num_workers"])
+        return build_dataloader(ds, sampler, num_workers=config["num_workers"],
+                                loader_class=ResumableLoader if shuffle else torch.utils.data.DataLoader)
+
+    def batches_trained():  # of this epoch, when a checkpoint is saved (0 once the epoch is complete)
+        n = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return 0 if n >= trainer.num_training_batches else n
 
     task = ASRTask(model, config, loss_fn)
     last = exp / "checkpoints" / "last.ckpt"
@@ -134,7 +142,9 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
                  count_params(model), model_size_mb(model), len(train_set), len(valid_set),
                  f"; resuming from {last}" if last.exists() else "")
     try:
-        trainer.fit(task, loader(train_set, True), loader(valid_set, False), ckpt_path=last if last.exists() else None)
+        train_loader = loader(train_set, True)
+        train_loader.trained = batches_trained
+        trainer.fit(task, train_loader, loader(valid_set, False), ckpt_path=last if last.exists() else None)
     except SIGTERMException:
         # lightning stops on SIGTERM (a kill, a scheduler's time limit) with exit code 0: the stage would go on
         # as if the model were trained
