@@ -126,13 +126,13 @@ def _onnx_streaming_search(model, options):
     return search
 
 
-# The methods the onnx backend runs: the same search code on the graphs (kdtool.decode.onnx), or its own.
 def _export_has_ctc(model):
     if not model.ctc:
         raise ValueError(f"{model.export.export_dir}: ctc_greedy needs the CTC graph (model.onnx); "
                          f"a {model.kind} export has none")
 
 
+# The methods the onnx backend runs: the same search code on the graphs (kdtool.decode.onnx), or its own.
 ONNX_METHODS = {"ctc_greedy": Method(METHODS["ctc_greedy"].defaults, _export_has_ctc, METHODS["ctc_greedy"].build,
                                      METHODS["ctc_greedy"].name),
                 "maskctc_greedy": METHODS["maskctc_greedy"],
