@@ -172,7 +172,8 @@ def test_export_dir_contents(exported):
 
 DECODES = [("ctc", {"method": "ctc_greedy"}), ("nar", {"method": "maskctc_greedy", "threshold": 0.9}),
            ("nar", {"method": "maskctc_beam", "beam_size": 3, "threshold": 0.9, "length_variants": True}),
-           ("ar", {"method": "ctc_greedy"}), ("transducer", {"method": "transducer_streaming", "chunk_size": 4})]
+           ("ar", {"method": "ctc_greedy"}), ("transducer", {"method": "transducer_streaming", "chunk_size": 4}),
+           ("transducer", {"method": "transducer_greedy", "batch_size": 3})]
 
 
 @pytest.mark.parametrize("kind,config", DECODES, ids=[f"{k}-{c['method']}" for k, c in DECODES])

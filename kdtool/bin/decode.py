@@ -36,7 +36,7 @@ def get_parser():
     p.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx_int8"),
                    help="torch: the PyTorch model; onnx / onnx_int8: the fp32 / int8 graphs of --export_dir in "
                         "onnxruntime on the CPU (methods ctc_greedy, maskctc_greedy, maskctc_beam, "
-                        "transducer_streaming; make them with python -m kdtool.bin.export)")
+                        "transducer_greedy, transducer_streaming; make them with python -m kdtool.bin.export)")
     p.add_argument("--export_dir", default=None, help="the model's export dir (default: <model_dir>/export)")
     p.add_argument("--skip_up_to_date", action="store_true",
                    help="do nothing if --out_dir was decoded from the same weights, features and config "

@@ -126,6 +126,14 @@ def _onnx_streaming_search(model, options):
     return search
 
 
+def _onnx_full_context_greedy(model, options):
+    """transducer_greedy on a streaming export: the whole utterance as one chunk, whose attention sees
+    every frame, is the encoder's full-context output (its convolutions are causal either way)."""
+    search = _onnx_streaming_search(model, {**options, "chunk_size": 1 << 30, "left_context": 0})
+    search.takes_feats = True
+    return search
+
+
 def _export_has_ctc(model):
     if not model.ctc:
         raise ValueError(f"{model.export.export_dir}: ctc_greedy needs the CTC graph (model.onnx); "
@@ -137,6 +145,8 @@ ONNX_METHODS = {"ctc_greedy": Method(METHODS["ctc_greedy"].defaults, _export_has
                                      METHODS["ctc_greedy"].name),
                 "maskctc_greedy": METHODS["maskctc_greedy"],
                 "maskctc_beam": METHODS["maskctc_beam"],
+                "transducer_greedy": Method(METHODS["transducer_greedy"].defaults, lambda m: None,
+                                            _onnx_full_context_greedy, METHODS["transducer_greedy"].name),
                 "transducer_streaming": Method(METHODS["transducer_streaming"].defaults, lambda m: None,
                                                _onnx_streaming_search, METHODS["transducer_streaming"].name)}
 # tsd emits at most max_sym_exp - 1 labels per frame: 1 would emit none
