@@ -44,8 +44,15 @@ def test_pack_and_install_give_the_same_model(trained, package, tiny_features, t
     assert (pa - pb).abs().max() < 1e-2  # float16 weights: a rounding, not another model
     top2 = pa.topk(2, dim=-1).values
     clear = top2[..., 0] - top2[..., 1] > 0.05  # frames without a near tie pick the same token
-    assert clear.sum() > 100 and torch.equal(pa.argmax(-1)[clear], pb.argmax(-1)[clear])
+    assert clear.sum() > 0.8 * clear.numel() and torch.equal(pa.argmax(-1)[clear], pb.argmax(-1)[clear])
     assert json.loads((tmp_path / "exp" / "teacher" / "model_info.json").read_text())["installed_from"] == str(package)
+    # checked on load like an exp dir trained here: a token list edited in place is named
+    tokens = tmp_path / "exp" / "teacher" / "tokens" / "tokens.txt"
+    lines = tokens.read_text().splitlines()
+    lines[2], lines[3] = lines[3], lines[2]  # two units swapped: every id still there, each meaning another
+    tokens.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"tokens.txt: changed since training"):
+        load_trained(tmp_path / "exp" / "teacher")
 
 
 def test_installing_again_does_nothing_and_another_model_is_not_overwritten(package, trained, tmp_path):

@@ -13,7 +13,6 @@ Installing checks every file and sha256 before anything is written, then writes 
 (float32 ``model.pth``) under a temporary name and renames it, so a killed install leaves nothing
 half-made; installing the same package again does nothing.
 """
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,8 +20,9 @@ from pathlib import Path
 import torch
 
 from kdtool.errors import KdtoolError
-from kdtool.models.load import load_weights
+from kdtool.models.load import load_weights, write_checksums
 from kdtool.utils.atomic import atomic_open, atomic_path
+from kdtool.utils.files import file_sha256
 
 WEIGHTS = "model.fp16.pth"
 FILES = ("config.yaml", "tokens/tokens.txt", "cmvn.ark", WEIGHTS, "model_info.json")
@@ -31,14 +31,6 @@ CHECKED = {"weights_sha256": WEIGHTS, "tokens_sha256": "tokens/tokens.txt", "cmv
 
 class PackageError(KdtoolError):
     """A package that cannot be installed; the message names the file and what is wrong."""
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pack(exp_dir, out_dir, extra_info=None):
@@ -57,7 +49,7 @@ def pack(exp_dir, out_dir, extra_info=None):
         torch.save(state, tmp)
     info = json.loads((exp / "model_info.json").read_text())
     info.update(extra_info or {})
-    info["package"] = {key: sha256(out / name) for key, name in CHECKED.items()}
+    info["package"] = {key: file_sha256(out / name) for key, name in CHECKED.items()}
     with atomic_open(out / "model_info.json") as f:
         json.dump(info, f, indent=2)
     return info
@@ -78,7 +70,7 @@ def check_package(pkg_dir):
         raise PackageError(f"{pkg / 'model_info.json'}: not a package's model_info (no 'package' sha256 record); "
                            "make it with python -m kdtool.bin.pack_model") from None
     for key, name in CHECKED.items():
-        actual = sha256(pkg / name)
+        actual = file_sha256(pkg / name)
         if actual != expected.get(key):
             raise PackageError(f"{pkg / name}: sha256 {actual} does not match {expected.get(key)} recorded in "
                                f"{pkg / 'model_info.json'}: the file is damaged or was changed after packing; "
@@ -105,6 +97,7 @@ def install(pkg_dir, exp_dir):
     torch.save(state, tmp / "model.pth")
     info = {**info, "installed_from": str(pkg)}
     (tmp / "model_info.json").write_text(json.dumps(info, indent=2))
+    write_checksums(tmp)  # from now on the exp dir is checked on load like one trained here
     if exp.exists():
         exp.rmdir()  # empty (checked above)
     tmp.rename(exp)
