@@ -90,3 +90,15 @@ def test_install_entry_point_prints_one_line(package, tmp_path):
                         "--exp_dir", str(tmp_path / "exp")], capture_output=True, text=True)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert "tokens.txt: sha256" in p.stderr
+
+
+def test_mini_en_retrain_teachers_trains_the_shipped_configs_on_their_own_set():
+    from conftest import REPO
+    out = subprocess.run(["./run.sh", "--retrain_teachers", "--help"], cwd=REPO / "egs/mini_en/kd1",
+                         capture_output=True, text=True, check=True).stdout
+    opts = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.startswith("  --")}
+    assert opts["--teacher-train-set"] == ["train_teacher"] and opts["--teacher-packages"] == []
+    assert opts["--teacher-configs"] == ["conf/teachers/train_ar_teacher.yaml", "conf/teachers/train_transducer_teacher.yaml"]
+    assert "--n_teacher_train" in opts["--local-data-opts"]
+    for config in opts["--teacher-configs"]:
+        assert (REPO / "egs/mini_en/kd1" / config).is_file()
