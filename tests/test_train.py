@@ -60,17 +60,20 @@ def test_rerun_of_a_finished_run_changes_nothing(tiny_features, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def train_command(cfg, f, tmp_path, *extra):
+    """``kdtool.bin.train`` of config ``cfg`` on the tiny features: a function of the exp dir."""
+    conf = tmp_path / "train.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    return lambda exp: [sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data",
+                        str(f["feats"]), "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]),
+                        "--cmvn", str(f["cmvn"]), "--exp_dir", str(exp), "--accelerator", "cpu", "--devices", "1",
+                        *extra]
+
+
 def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(tiny_features, tmp_path):
     cfg = {**KINDS["ar"], **TRAINING, "max_epoch": 5, "specaug_conf": {"apply_time_warp": False,
                                                                        "time_mask_width_range": [0, 5]}}
-    conf = tmp_path / "train.yaml"
-    conf.write_text(yaml.safe_dump(cfg))
-    f = tiny_features
-
-    def cmd(exp):
-        return [sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
-                "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
-                "--exp_dir", str(exp), "--accelerator", "cpu", "--devices", "1"]
+    cmd = train_command(cfg, tiny_features, tmp_path)
 
     subprocess.run(cmd(tmp_path / "clean"), check=True, capture_output=True)
     # Kill the second run mid-way (after some epoch's checkpoint, before the end), then rerun it.
@@ -257,14 +260,7 @@ def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_where_an_uninterrup
     (--checkpoint_minutes) and the rerun skips exactly the batches already trained."""
     cfg = {**KINDS["ctc"], **TRAINING, "max_epoch": 2, "batch_frames": 200, "keep_nbest_models": 1,
            "specaug_conf": {"apply_time_warp": False, "time_mask_width_range": [0, 5]}}
-    conf = tmp_path / "train.yaml"
-    conf.write_text(yaml.safe_dump(cfg))
-    f = tiny_features
-
-    def cmd(exp):
-        return [sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
-                "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
-                "--exp_dir", str(exp), "--accelerator", "cpu", "--devices", "1", "--checkpoint_minutes", "1e-9"]
+    cmd = train_command(cfg, tiny_features, tmp_path, "--checkpoint_minutes", "1e-9")
 
     subprocess.run(cmd(tmp_path / "clean"), check=True, capture_output=True)
     proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
