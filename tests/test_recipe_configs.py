@@ -1,7 +1,11 @@
 """Every training config a recipe ships (teachers and students, conf/, conf/tuning/, conf/fast/) is
 valid: its keys resolve and its model builds, before anyone spends GPU hours on it."""
+import os
+import re
+
 import pytest
 import torch
+import yaml
 
 from conftest import REPO
 from kdtool.kd.distill import active_terms, load_student_config
@@ -24,3 +28,63 @@ def test_config_resolves_and_builds(path):
     assert count_params(model) > 0 and model.kind == config["model"]
     if "kd_conf" in path.read_text():
         assert config["kd_conf"]["alpha"] == 0 or active_terms(config["kd_conf"])
+
+
+def _pipeline_configs(recipe):
+    """The student configs a recipe's pipelines train (student_configs and chains of conf/pipeline*.conf)."""
+    out = set()
+    for conf in sorted(recipe.glob("conf/pipeline*.conf")):
+        text = conf.read_text()
+        for key in ("student_configs", "chains"):
+            m = re.search(rf'^{key}="([^"]*)"', text, re.M)
+            if m:
+                out |= {recipe / c for c in re.split(r"[\s,]+", m.group(1)) if c}
+    return sorted(out)
+
+
+def _twins(recipe):
+    """[(KD student, twin)] of a recipe's pipelines, paired as the results table pairs rows
+    (kdtool.scoring.summary): a KD-free student of the same kind and size, the longest shared name prefix."""
+    configs = {p: load_student_config(p) for p in _pipeline_configs(recipe)}
+    with torch.device("meta"):
+        params = {p: count_params(build_model(model_part(c), 100)) for p, c in configs.items()}
+    pairs = []
+    for p, c in configs.items():
+        if not active_terms(c["kd_conf"]):
+            continue
+        same = [q for q, d in configs.items() if not active_terms(d["kd_conf"])
+                and d["model"] == c["model"] and params[q] == params[p]]
+        if same:
+            pairs.append((p, min(same, key=lambda q: (-len(os.path.commonprefix([q.stem, p.stem])), q.stem))))
+    return pairs
+
+
+@pytest.mark.parametrize("recipe", sorted({p.parents[1] if p.parent.name == "conf" else p.parents[2]
+                                           for p in CONFIGS}), ids=lambda p: p.parent.name)
+def test_twins_differ_only_in_kd_conf(recipe):
+    """A twin is what its KD student is measured against: every other key must be the same."""
+    pairs = _twins(recipe)
+    for student, twin in pairs:
+        a, b = load_student_config(student), load_student_config(twin)
+        assert a["kd_conf"] != b["kd_conf"]
+        differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if differ == ["accum_grad", "batch_frames", "kd_conf"]:  # the same frames per update, split for memory
+            assert a["batch_frames"] * a["accum_grad"] == b["batch_frames"] * b["accum_grad"], (student, twin)
+            differ = ["kd_conf"]
+        assert differ == ["kd_conf"], f"{student.name} against its twin {twin.name}: {differ} differ"
+    if recipe.parent.name == "mini_en":  # the pairs RESULTS.md reports (fast pipeline: ctc_student)
+        names = {(s.stem, t.stem) for s, t in pairs}
+        assert {("train_ctc_student_kd", "train_ctc_student"),
+                ("train_nar_student_kd_frame_seq", "train_nar_student"),
+                ("train_nar_small_kd_frame", "train_nar_small"),
+                ("train_transducer_student_single", "train_transducer_student_single_nokd")} <= names
+
+
+def test_configs_that_inherit_name_their_base_in_the_recipe():
+    """A config with base: resolves to the same as its base with its own keys merged over it (mini_en's
+    KD students are a few lines on their twins)."""
+    conf = REPO / "egs/mini_en/kd1/conf"
+    kd = yaml.safe_load((conf / "train_nar_student_kd_frame.yaml").read_text())
+    assert kd["base"] == "train_nar_student.yaml" and set(kd) == {"base", "kd_conf"}
+    twin, student = load_student_config(conf / kd["base"]), load_student_config(conf / "train_nar_student_kd_frame.yaml")
+    assert student == {**twin, "kd_conf": {**twin["kd_conf"], **kd["kd_conf"]}}

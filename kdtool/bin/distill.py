@@ -35,11 +35,13 @@ def get_parser():
 
 def main():
     args = get_parser().parse_args()
-    distill(with_seed(load_student_config(args.config), args.seed), args.exp_dir, args.train_data, args.valid_data, args.token_list,
-            args.cmvn, soft_label_dirs=args.soft_labels, nbest_dirs=args.nbest, teacher_dir=args.teacher_dir,
+    config = with_seed(load_student_config(args.config, args.overrides), args.seed)
+    distill(config, args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
+            soft_label_dirs=args.soft_labels, nbest_dirs=args.nbest, teacher_dir=args.teacher_dir,
             soft_label_dir=args.soft_label_dir, untrans_dirs=args.untrans_data, devices=devices(args),
             num_nodes=args.num_nodes, accelerator=args.accelerator,
-            extra_info={"config": args.config, "command": command_line("kdtool.bin.distill")})
+            extra_info={"config": args.config, "overrides": args.overrides,
+                        "command": command_line("kdtool.bin.distill")})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ from kdtool.train.trainer import train
 def get_parser(description=__doc__):
     """The options every training entry point takes (stage 5's distill adds its own)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="model + training YAML")
+    p.add_argument("--config", required=True, help="model + training YAML (may name a base: config it overrides)")
+    p.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="override config keys for this run: dotted keys, YAML values "
+                        "(kd_conf.alpha=0.3 max_epoch=5); the exp dir's config.yaml is the result")
     p.add_argument("--train_data", required=True, nargs="+", help="feature dir(s) from stage 2")
     p.add_argument("--valid_data", required=True)
     p.add_argument("--token_list", required=True, help="token-list dir from stage 2")
@@ -46,9 +49,11 @@ def devices(args):
 
 def main():
     args = get_parser().parse_args()
-    train(with_seed(load_config(args.config), args.seed), args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
+    config = with_seed(load_config(args.config, args.overrides), args.seed)
+    train(config, args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
           devices=devices(args), num_nodes=args.num_nodes, accelerator=args.accelerator,
-          extra_info={"config": args.config, "command": command_line("kdtool.bin.train")},
+          extra_info={"config": args.config, "overrides": args.overrides,
+                      "command": command_line("kdtool.bin.train")},
           checkpoint_minutes=args.checkpoint_minutes)
 
 

@@ -15,9 +15,12 @@ divided by the batch size::
     lattice  T^2 KL over a transducer's output lattice of the collapsed (blank, next label, rest)
              distributions (kdtool.kd.rnnt); transducer students, transcribed utterances
 
-so an untranscribed utterance learns from the teacher alone. Where teacher and student encoders
-subsample differently (4x against 6x or 8x), frame posteriors are pooled to the student's frame
-rate so that a CTC spike stays a spike (``kdtool.kd.losses.pool_spikes``).
+so an untranscribed utterance learns from the teacher alone. Each term is one module of
+kdtool.kd.terms, registered in its ``TERMS`` table: what it reads from stage 4, which students it
+applies to, its batch keys, its loss and any trainable parts; this module only asks the table.
+Where teacher and student encoders subsample differently (4x against 6x or 8x), frame posteriors
+are pooled to the student's frame rate so that a CTC spike stays a spike
+(``kdtool.kd.losses.pool_spikes``).
 
 The student config is a training config (kdtool.train.config) plus::
 
@@ -47,7 +50,6 @@ The student config is a training config (kdtool.train.config) plus::
       name_map: {encoder.embed: encoder.embed}   # student prefix -> teacher prefix, or
       slice_width: true       # every parameter cut to the student's width (see kdtool.kd.init)
 """
-import copy
 import logging
 from pathlib import Path
 
@@ -56,23 +58,21 @@ import torch
 from kdtool.features.cmvn import load_cmvn, mean_std
 from kdtool.kd.distill_loss import DistillLoss, OnlineTeacher  # noqa: F401 (part of this module's API)
 from kdtool.kd.init import init_from_teacher
-from kdtool.kd.nbest import NBestSet
-from kdtool.kd.softlabels import FRAME_TYPES, SoftLabelError, tokens_sha256
+from kdtool.kd.softlabels import SoftLabelError, tokens_sha256
+from kdtool.kd.terms import TERMS as TERM_TABLE, term_of_dump_type
 from kdtool.kd.teacher_data import DistillDataset, SoftLabelSet  # noqa: F401
-from kdtool.models.build import ConfigError, build_model, read_yaml
+from kdtool.models.build import MODEL_KEYS, ConfigError, build_model, read_yaml
 from kdtool.models.load import load_trained
 from kdtool.tokens import Tokenizer
-from kdtool.train.config import model_part, resolve_config
+from kdtool.train.config import TRAIN_KEYS, config_source, model_part, read_config, resolve_config
 from kdtool.train.trainer import train
 from kdtool.utils.provenance import check_dumps
 
-TERMS = ("frame", "token", "seq", "lattice")
-KD_DEFAULTS = {"alpha": 0.5, "temperature": 1.0, "frame_weight": 1.0, "token_weight": 0.0, "seq_weight": 0.0,
-               "lattice_weight": 0.0, "nbest_tau": 1.0, "lattice_nodes": "all", "frame_labels": "fb_posteriors",
-               "untrans_labels": "frame_posteriors", "untranscribed": False, "online": False,
-               "online_type": "frame_posteriors", "missing": "error"}
-DUMP_TERM = {"frame_posteriors": "frame", "fb_posteriors": "frame", "token_posteriors": "token",
-             "rnnt_lattice": "lattice"}
+TERMS = tuple(TERM_TABLE)  # the KD terms' names, in the order of the sum (kdtool.kd.terms)
+# kd_conf: the shared keys, each term's weight (only frame's on by default), then the terms' own keys
+KD_DEFAULTS = {"alpha": 0.5, "temperature": 1.0, **{f"{t}_weight": 1.0 if t == "frame" else 0.0 for t in TERMS},
+               **{k: v for t in TERM_TABLE.values() for k, v in t.defaults.items()},
+               "untranscribed": False, "missing": "error"}
 
 
 def resolve_kd_conf(conf, source="config"):
@@ -83,20 +83,13 @@ def resolve_kd_conf(conf, source="config"):
         raise ConfigError(f"{source}: kd_conf: unknown key(s) {unknown}; allowed: {sorted(KD_DEFAULTS)}")
     if not 0 <= conf["alpha"] <= 1:
         raise ConfigError(f"{source}: kd_conf: alpha must be in [0, 1], not {conf['alpha']}")
-    for key in ("temperature", "nbest_tau"):
-        if not conf[key] > 0:
-            raise ConfigError(f"{source}: kd_conf: {key} must be positive, not {conf[key]}")
+    if not conf["temperature"] > 0:
+        raise ConfigError(f"{source}: kd_conf: temperature must be positive, not {conf['temperature']}")
     for term in TERMS:
         if conf[f"{term}_weight"] < 0:
             raise ConfigError(f"{source}: kd_conf: {term}_weight must be 0 or more")
-    if conf["online_type"] not in FRAME_TYPES:
-        raise ConfigError(f"{source}: kd_conf: online_type must be one of {FRAME_TYPES}")
-    if conf["online"] and conf["online_type"] == "fb_posteriors" and conf["temperature"] != 1:
-        raise ConfigError(f"{source}: kd_conf: online_type fb_posteriors gives untempered forward-backward "
-                          f"occupancies, but temperature is {conf['temperature']}; set temperature: 1, or use "
-                          "online_type: frame_posteriors (kdtool.kd.teacher_data.SoftLabelSet says why)")
-    if conf["lattice_nodes"] not in ("all", "occupancy"):
-        raise ConfigError(f"{source}: kd_conf: lattice_nodes must be all or occupancy, not {conf['lattice_nodes']!r}")
+    for term in TERM_TABLE.values():
+        term.check_conf(conf, source)
     if conf["missing"] not in ("error", "skip"):
         raise ConfigError(f"{source}: kd_conf: missing must be error or skip, not {conf['missing']!r}")
     return conf
@@ -108,15 +101,14 @@ def active_terms(kd):
 
 
 # --------------------------------------------------------------------------- stage 5
-def load_student_config(path):
-    """A student config file -> resolved config with ``kd_conf`` (defaults filled) and ``init_conf``."""
-    raw = read_yaml(path, "config file")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values")
-    raw = copy.deepcopy(raw)
+def load_student_config(path, overrides=()):
+    """A student config file (``base:`` and ``KEY=VALUE`` overrides as kdtool.train.config reads them)
+    -> resolved config with ``kd_conf`` (defaults filled) and ``init_conf``."""
+    raw = read_config(path, overrides, known=MODEL_KEYS | TRAIN_KEYS | {"kd_conf", "init_conf"})
     kd, init = raw.pop("kd_conf", None), raw.pop("init_conf", None)
-    config = resolve_config(raw, source=str(path))
-    config["kd_conf"] = resolve_kd_conf(kd, source=str(path))
+    source = config_source(path, overrides)
+    config = resolve_config(raw, source=source)
+    config["kd_conf"] = resolve_kd_conf(kd, source=source)
     config["init_conf"] = init
     return config
 
@@ -126,7 +118,7 @@ def dump_term(dump_dir):
     meta = Path(dump_dir) / "soft_labels.json"
     if not meta.is_file():
         raise SoftLabelError(f"{meta}: missing: not a soft-label dump (or stage 4 did not finish)")
-    return DUMP_TERM[read_yaml(meta, "soft-label metadata")["type"]]
+    return term_of_dump_type(read_yaml(meta, "soft-label metadata")["type"])
 
 
 def conventional_dumps(kd, terms, soft_label_dir, train_dirs, untrans_dirs):
@@ -136,32 +128,19 @@ def conventional_dumps(kd, terms, soft_label_dir, train_dirs, untrans_dirs):
     sets = [(Path(d).name, True) for d in train_dirs] + [(Path(d).name, False) for d in untrans_dirs]
     for term in terms:
         for name, transcribed in sets:
-            if term == "frame":
-                dirs = [root / f"{kd['frame_labels' if transcribed else 'untrans_labels']}_{name}"]
-            elif term == "seq":
-                dirs = [root / f"nbest_{name}"]
-            elif transcribed:
-                dirs = [root / f"{'token_posteriors' if term == 'token' else 'rnnt_lattice'}_{name}"]
-            else:
-                continue  # token posteriors and lattices need a transcript
+            dirs = TERM_TABLE[term].dump_dirs(kd, root, name, transcribed)  # none where it needs a transcript
             for d in dirs:
                 if not d.is_dir():
                     raise ConfigError(f"kd_conf: the {term}-level term needs {d}, which stage 4 has not made "
                                       "(see soft_label_types / nbest in the recipe)")
-            (nbest if term == "seq" else soft).extend(dirs)
+            (nbest if TERM_TABLE[term].reads == "nbest" else soft).extend(dirs)
     return soft, nbest
 
 
-def check_student(student, terms):
+def check_student(student, terms, kd=None):
     """A student that cannot learn one of the active terms is a ConfigError saying why."""
-    if "frame" in terms and getattr(student, "ctc", None) is None:
-        raise ConfigError(f"frame-level KD trains the student's CTC head, and this {student.kind} student has "
-                          "none (set model_conf.ctc_weight > 0)")
-    if "token" in terms and not hasattr(student, "decoder_logits"):
-        raise ConfigError(f"token-level KD trains a decoder (an ar or nar student's); this {student.kind} student "
-                          "has none")
-    if "lattice" in terms and student.kind != "transducer":
-        raise ConfigError(f"lattice KD trains a transducer's joint network, not a {student.kind} student's")
+    for term in terms:
+        TERM_TABLE[term].check_student(student, kd)
 
 
 def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_label_dirs=(), nbest_dirs=(),
@@ -175,7 +154,7 @@ def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_l
     the training data when kd_conf.untranscribed is true."""
     kd, init = config["kd_conf"], config.get("init_conf")
     terms = active_terms(kd)
-    online = kd["online"] and "frame" in terms
+    online = [t for t in terms if TERM_TABLE[t].online(kd)]  # computed from the teacher on each batch
     train_dirs = [train_dirs] if isinstance(train_dirs, (str, Path)) else list(train_dirs)
     untrans_dirs = list(untrans_dirs) if kd["untranscribed"] else []
     if kd["untranscribed"] and not untrans_dirs:
@@ -183,7 +162,7 @@ def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_l
     if kd["untranscribed"] and not terms:
         raise ConfigError("kd_conf.untranscribed: true with no KD term: untranscribed speech would teach nothing")
     if soft_label_dir is not None:
-        more_soft, more_nbest = conventional_dumps(kd, [t for t in terms if not (t == "frame" and online)],
+        more_soft, more_nbest = conventional_dumps(kd, [t for t in terms if t not in online],
                                                    soft_label_dir, train_dirs, untrans_dirs)
         soft_label_dirs, nbest_dirs = [*soft_label_dirs, *more_soft], [*nbest_dirs, *more_nbest]
     if (online or init) and not teacher_dir:
@@ -192,12 +171,9 @@ def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_l
     for d in soft_label_dirs:
         dumps.setdefault(dump_term(d), []).append(d)
     for term in terms:
-        given = nbest_dirs if term == "seq" else dumps.get(term)
-        if not given and not (term == "frame" and online):
-            what = {"frame": "frame_posteriors or fb_posteriors dumps (--soft_labels) or kd_conf.online: true",
-                    "token": "token_posteriors dumps (--soft_labels)", "seq": "N-best lists (--nbest)",
-                    "lattice": "rnnt_lattice dumps (--soft_labels)"}[term]
-            raise ConfigError(f"kd_conf.{term}_weight > 0 needs {what}, from stage 4")
+        given = nbest_dirs if TERM_TABLE[term].reads == "nbest" else dumps.get(term)
+        if not given and term not in online:
+            raise ConfigError(f"kd_conf.{term}_weight > 0 needs {TERM_TABLE[term].missing_message()}, from stage 4")
     tokens_path = Path(token_dir) / "tokens.txt"
     tokenizer = Tokenizer(token_dir)
     trained = load_trained(teacher_dir) if teacher_dir else None
@@ -206,17 +182,16 @@ def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_l
                              f"({Path(teacher_dir) / 'tokens' / 'tokens.txt'}); teacher and student must share it")
     torch.manual_seed(config["seed"])  # the same config gives the same initial student
     student = build_model(model_part(config), len(tokenizer), input_size=load_cmvn(cmvn_path).shape[1] - 1)
-    check_student(student, terms)
+    check_student(student, terms, kd)
     copied = init_from_teacher(student, trained.model, init) if init else []
     if copied:
         logging.info("initialized %d student tensors from %s", len(copied), teacher_dir)
 
     sources, used = {}, []
     for term in terms:
-        if term == "seq":
-            sources[term], used = NBestSet(nbest_dirs, tokens_path), used + list(nbest_dirs)
-        elif not (term == "frame" and online):
-            sources[term], used = SoftLabelSet(dumps[term], tokens_path, kd["temperature"]), used + dumps[term]
+        if term not in online:
+            dirs = list(nbest_dirs) if TERM_TABLE[term].reads == "nbest" else dumps[term]
+            sources[term], used = TERM_TABLE[term].open(dirs, tokens_path, kd), used + dirs
     # a dump of another teacher, or of data changed since stage 4, is refused here, before training
     check_dumps([r for s in sources.values() for r in s.readers], teacher_dir, train_dirs + untrans_dirs)
     teacher = OnlineTeacher(trained, kd["online_type"], kd["temperature"],
@@ -224,8 +199,10 @@ def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_l
     wrap = (lambda ds: DistillDataset(ds, student, sources, kd["missing"])) if sources else None  # noqa: E731
     config = {**config, "kd_conf": {**kd, "teacher": str(teacher_dir) if teacher_dir else None,
                                     "teacher_data": [str(d) for d in used]}}
-    loss = DistillLoss(kd["alpha"], kd["temperature"], {t: kd[f"{t}_weight"] for t in terms}, teacher,
-                       kd["nbest_tau"], kd["lattice_nodes"])
+    parts = {t: TERM_TABLE[t].trainable(student, trained, kd) for t in terms}
+    loss = DistillLoss(kd["alpha"], kd["temperature"], {t: kd[f"{t}_weight"] for t in terms},
+                       teacher if "frame" in online else None, kd["nbest_tau"], kd["lattice_nodes"], kd=kd,
+                       parts={t: p for t, p in parts.items() if p is not None}, teacher=teacher)
     return train(config, exp_dir, train_dirs + untrans_dirs, valid_dir, token_dir, cmvn_path, devices=devices,
                  num_nodes=num_nodes, accelerator=accelerator, model=student, wrap_train_set=wrap, loss_fn=loss,
                  extra_info={"teacher": str(teacher_dir) if teacher_dir else None, "alpha": kd["alpha"],

@@ -2,8 +2,17 @@
 
 Every key is checked before training starts; an unknown one is an error that names it. The
 resolved config (defaults filled in) is saved next to the checkpoints.
+
+A config may inherit: ``base: <file, relative to this config's dir>`` starts from that config (which may
+have a base of its own) and the keys given here override it; mappings merge key by key, anything else
+(a list, a number) replaces. A run overrides keys again with ``KEY=VALUE`` items (``--set`` of
+kdtool.bin.train / distill): dotted keys into mappings, the value parsed as YAML
+(``kd_conf.alpha=0.3``, ``max_epoch=5``, ``specaug_conf.freq_mask_width_range=[0,10]``).
 """
 import copy
+from pathlib import Path
+
+import yaml
 
 from kdtool.models.build import MODEL_KEYS, ConfigError, read_yaml
 
@@ -48,8 +57,79 @@ def resolve_config(config, source="config"):
     return out
 
 
-def load_config(path):
-    return resolve_config(read_yaml(path, "config file"), source=str(path))
+def merge(base, over):
+    """``base`` with ``over``'s keys: mappings merged recursively, other values replaced; a new dict."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_inherited(path, chain=()):
+    """The YAML at ``path`` merged over its ``base:`` chain; a missing base or a cycle is a ConfigError."""
+    raw = read_yaml(path, "config file")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: expected a config file name relative to {path.parent}, not {base!r}")
+    base_path = path.parent / base
+    seen = chain + (path.resolve(),)
+    if base_path.resolve() in seen:
+        cycle = " -> ".join(str(p) for p in seen + (base_path.resolve(),))
+        raise ConfigError(f"{path}: base: {base} forms a cycle ({cycle}); one of them must not name a base")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base_path} does not exist (a base is relative to the config's own dir)")
+    return merge(_read_inherited(base_path, seen), raw)
+
+
+def apply_override(config, item, source, known):
+    """``config`` with one ``KEY=VALUE`` override applied; a new dict. The top key must be one of
+    ``known`` and every key above the last must be a mapping (or absent: it is created)."""
+    key, sep, text = item.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ConfigError(f"{source}: --set {item!r}: expected KEY=VALUE (dotted keys: kd_conf.alpha=0.3)")
+    if path[0] not in known:
+        raise ConfigError(f"{source}: --set {item!r}: no config key {path[0]!r}; keys: {sorted(known)}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: --set {item!r}: the value is not valid YAML: {e}") from None
+    out = copy.deepcopy(config)
+    node = out
+    for depth, name in enumerate(path[:-1]):
+        node = node.setdefault(name, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: --set {item!r}: {'.'.join(path[:depth + 1])} is {node!r}, not a mapping "
+                              "with keys to set")
+    node[path[-1]] = value
+    return out
+
+
+def read_config(path, overrides=(), known=None):
+    """A config file's keys after its ``base:`` chain and the ``KEY=VALUE`` overrides (not yet resolved:
+    the caller checks the keys and fills in defaults). ``known``: the top-level keys an override may set."""
+    path = Path(path)
+    config = _read_inherited(path)
+    known = set(known if known is not None else MODEL_KEYS | TRAIN_KEYS)
+    for item in overrides:
+        config = apply_override(config, item, path, known)
+    return config
+
+
+def config_source(path, overrides=()):
+    """How errors name a config: its file, and the overrides applied to it."""
+    return f"{path} (with --set {' '.join(overrides)})" if overrides else str(path)
+
+
+def load_config(path, overrides=()):
+    return resolve_config(read_config(path, overrides), source=config_source(path, overrides))
 
 
 def model_part(config):

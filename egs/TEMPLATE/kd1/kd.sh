@@ -34,6 +34,8 @@ teacher_packages=""     # packaged teachers (kdtool.bin.pack_model: a recipe's s
                         # each installed as exp/<package dir name> instead of trained, its sha256s checked first
 teacher_train_set=""    # the teachers' own training set (default: train_set): stage 2 makes its features, CMVN and
                         # the token list from it, stage 3 trains on it; students take token list and CMVN from their teacher
+teacher_args=""         # config overrides for every stage-3 training, KEY=VALUE space separated, dotted keys,
+                        # YAML values without spaces ("max_epoch=5 optim_conf.lr=0.001"; python -m kdtool.bin.train --set)
 ngpu=0                  # GPUs per training job (0: CPU)
 train_jobs=1            # trainings run side by side in stages 3 and 5 (teachers, students, chains); on a CPU
                         # each gets nproc/train_jobs threads (OMP_NUM_THREADS, unless set); with GPUs, give
@@ -53,6 +55,8 @@ nbest_untrans=true      # N-best lists on untrans_set too (only students that le
 soft_label_dir=""       # stage 4 writes <soft_label_dir>/<type>_<set> (default: ${kd_teacher}/soft_labels)
 # Stage 5: students; each config's kd_conf names the KD terms and the dumps it learns from
 student_configs=""      # student configs (model + training + kd_conf), space separated
+student_args=""         # config overrides for every stage-5 training (students, chain links), as teacher_args:
+                        # --student_args "kd_conf.alpha=0.3 max_epoch=5"; exp/<name>/config.yaml has the result
 student_seeds=""        # train each student config once per seed ("1 2 3": exp/<name>_seed1 ..., the config's seed
                         # replaced); RESULTS.md then gives mean and std over the seeds and a paired bootstrap
                         # on their pooled utterances. Empty: once, with the config's seed. Chains train once.
@@ -64,6 +68,9 @@ chain_soft_label_types="rnnt_lattice"  # what each link's teacher dumps for its 
 decode_sets=""          # sets to decode (default: valid_set and test_sets)
 decode_jobs=1           # decodes run side by side in stage 6 (each one thread: RTFs stay single-thread ones)
 models=""               # exp dirs to decode (default: every trained model under expdir)
+export_students=false   # true: stage 6 also exports each model that has an export (ctc, nar, streaming transducer)
+                        # into <model>/export (python -m kdtool.bin.export) and decodes it in onnxruntime, fp32 and
+                        # int8, with each decode config whose method has an ONNX backend (decode_<name>_onnx[_int8]_<set>)
 results=RESULTS.md      # stage 7's table (plots go to plots/ beside it; the rows also to ${expdir}/results.json)
 results_notes=          # a Markdown file of findings written by hand (e.g. local/results_notes.md), put under the table
 cer_convention=espnet   # espnet: a space between words is a <space> token of the CER; no_space: spaces left out
@@ -164,7 +171,7 @@ if in_stages 3; then
     bg "${train_jobs}" ${cuda_cmd} --gpu "${ngpu}" "${exp}/train.log" \
       python -m kdtool.bin.train --config "${config}" --train_data "${dumpdir}/fbank/${teacher_sp}" \
         --valid_data "${dumpdir}/fbank/${valid_set}" --token_list "${token_dir}" \
-        --cmvn "${dumpdir}/fbank/${teacher_sp}/cmvn.ark" --exp_dir "${exp}" \
+        --cmvn "${dumpdir}/fbank/${teacher_sp}/cmvn.ark" --exp_dir "${exp}" ${teacher_args:+--set ${teacher_args}} \
         --accelerator "$([ "${ngpu}" -gt 0 ] && echo gpu || echo cpu)" --devices "$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo 1)"
   done
   bg_wait
@@ -227,6 +234,7 @@ distill() {
     python -m kdtool.bin.distill --config "$1" --train_data "${dumpdir}/fbank/${train_sp}" \
       ${untrans_set:+--untrans_data "${dumpdir}/fbank/${untrans_set}"} --valid_data "${dumpdir}/fbank/${valid_set}" \
       --teacher_dir "$2" --soft_label_dir "$3" --token_list "$2/tokens" --cmvn "$2/cmvn.ark" --exp_dir "${exp}" ${4:+--seed "$4"} \
+      ${student_args:+--set ${student_args}} \
       --accelerator "$([ "${ngpu}" -gt 0 ] && echo gpu || echo cpu)" --devices "$([ "${ngpu}" -gt 0 ] && echo "${ngpu}" || echo 1)"
   last_student=${exp}
 }
@@ -303,18 +311,51 @@ decode_dirs() {  # model -> the decode configs for its kind
   local kind; kind=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['kind'])" "$1/model_info.json")
   ls conf/decode_"${kind}"_*.yaml 2>/dev/null || true
 }
+# the methods the onnx backends decode (kdtool.decode.runner.ONNX_METHODS; tests/test_export_recipe.py checks)
+onnx_methods="ctc_greedy maskctc_greedy maskctc_beam transducer_greedy transducer_streaming"
+exportable() {  # model -> success if kdtool.bin.export exports it (ctc, nar; transducer: streaming encoder, LSTM predictor)
+  python -c "import json, sys, yaml
+kind = json.load(open(sys.argv[1] + '/model_info.json'))['kind']
+c = yaml.safe_load(open(sys.argv[1] + '/config.yaml'))
+lstm = c.get('decoder') == 'rnn' and (c.get('decoder_conf') or {}).get('rnn_type', 'lstm') == 'lstm'
+sys.exit(not (kind in ('ctc', 'nar') or (kind == 'transducer' and c.get('encoder') == 'streaming_conformer' and lstm)))" "$1"
+}
+decode_runs() {  # model -> "config name backend" of each of its decodes (the onnx ones if it was exported)
+  local config name method
+  for config in $(decode_dirs "$1"); do
+    name=$(basename "${config}" .yaml | sed 's/^decode_//')
+    echo "${config} ${name} torch"
+    ${export_students} && [ -f "$1/export/export_info.json" ] || continue
+    method=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['method'])" "${config}")
+    if [[ " ${onnx_methods} " == *" ${method} "* ]]; then
+      echo "${config} ${name}_onnx onnx"
+      echo "${config} ${name}_onnx_int8 onnx_int8"
+    fi
+  done
+}
 
 if in_stages 6; then
-  for model in ${models}; do
-    for config in $(decode_dirs "${model}"); do
-      name=$(basename "${config}" .yaml | sed 's/^decode_//')
-      for x in ${decode_sets}; do
-        log "Stage 6: decoding ${x} with ${model} (${config})"
-        bg "${decode_jobs}" ${infer_cmd} "${model}/decode_${name}_${x}/decode.log" \
-          python -m kdtool.bin.decode --model_dir "${model}" --data "${dumpdir}/fbank/${x}" --config "${config}" \
-            --out_dir "${model}/decode_${name}_${x}" --device "${infer_device}" --skip_up_to_date
-      done
+  if ${export_students}; then
+    for model in ${models}; do
+      exportable "${model}" || { log "Stage 6: ${model} has no export (its kind or model); not exported"; continue; }
+      log "Stage 6: exporting ${model} to ${model}/export"
+      bg "${decode_jobs}" ${decode_cmd} "${model}/export.log" \
+        python -m kdtool.bin.export --model_dir "${model}" --out_dir "${model}/export" --skip_up_to_date
     done
+    bg_wait
+  fi
+  for model in ${models}; do
+    while read -r config name backend <&3; do  # fd 3: the jobs keep their own stdin
+      for x in ${decode_sets}; do
+        log "Stage 6: decoding ${x} with ${model} (${config}, ${backend})"
+        # the onnx backends run on the CPU: their jobs go through decode_cmd
+        bg "${decode_jobs}" $([ "${backend}" = torch ] && echo "${infer_cmd}" || echo "${decode_cmd}") \
+          "${model}/decode_${name}_${x}/decode.log" \
+          python -m kdtool.bin.decode --model_dir "${model}" --data "${dumpdir}/fbank/${x}" --config "${config}" \
+            --out_dir "${model}/decode_${name}_${x}" --device "$([ "${backend}" = torch ] && echo "${infer_device}" || echo cpu)" \
+            --backend "${backend}" --skip_up_to_date
+      done
+    done 3< <(decode_runs "${model}")
   done
   bg_wait
   stage_done 6
@@ -322,12 +363,11 @@ fi
 
 if in_stages 7; then
   for model in ${models}; do
-    for config in $(decode_dirs "${model}"); do
-      name=$(basename "${config}" .yaml | sed 's/^decode_//')
+    while read -r config name backend <&3; do  # fd 3: the jobs keep their own stdin
       for x in ${decode_sets}; do
         python -m kdtool.bin.score --ref "${dumpdir}/fbank/${x}" --cer_convention "${cer_convention}" "${model}/decode_${name}_${x}"
       done
-    done
+    done 3< <(decode_runs "${model}")
   done
   python -m kdtool.bin.make_results --exp "${expdir}" --out "${results}" --title "$(basename "$(dirname "${PWD}")")" \
     --dev_set "${valid_set}" --test_set "${test_sets%% *}" ${results_notes:+--notes "${results_notes}"}
