@@ -11,9 +11,12 @@ quantized, sizes and sha256. Decode the export with ``python -m kdtool.bin.decod
 (or onnx_int8). See kdtool/export/exporter.py.
 """
 import argparse
+import json
+from pathlib import Path
 
 from kdtool.bin._common import run_main
 from kdtool.export.exporter import DEFAULT_CHUNK_SIZE, export_model
+from kdtool.utils.files import file_sha256
 
 
 def get_parser():
@@ -26,7 +29,30 @@ def get_parser():
                         "num_left_chunks * chunk_size if the model was trained with it, else 256)")
     p.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE,
                    help="streaming transducer: encoder frames per chunk the export is checked with")
+    p.add_argument("--skip_up_to_date", action="store_true",
+                   help="do nothing if --out_dir is a complete export of the same weights and tokens with the same "
+                        "options (what kd.sh --export_students true passes)")
     return p
+
+
+def up_to_date(args):
+    """Whether ``args.out_dir`` holds a complete export of ``args.model_dir``'s weights and tokens, made with
+    these options: every file export_info.json lists, of its size and sha256."""
+    out, model_dir = Path(args.out_dir), Path(args.model_dir)
+    try:
+        info = json.loads((out / "export_info.json").read_text(encoding="utf-8"))
+        same = (info["model_sha256"] == file_sha256(model_dir / "model.pth")
+                and info["tokens_sha256"] == file_sha256(model_dir / "tokens" / "tokens.txt"))
+        int8 = any(name.endswith(".int8.onnx") for name in info["files"])
+        meta = info["metadata"]
+        if info["kdtool_kind"] == "transducer":  # the options a streaming export was made with
+            same = same and meta["chunk_size"] == str(args.chunk_size) and (
+                args.left_context is None or meta["left_context"] == str(args.left_context))
+        return same and int8 == (not args.no_int8) and all(
+            (out / name).stat().st_size == f["bytes"] and file_sha256(out / name) == f["sha256"]
+            for name, f in info["files"].items() if name != "export_info.json")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # no export, an incomplete or older one: exported again (a missing model is reported then)
 
 
 def main():
@@ -35,6 +61,9 @@ def main():
     for name in ("left_context", "chunk_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be 1 or more, not {getattr(args, name)}")
+    if args.skip_up_to_date and up_to_date(args):
+        print(f"{args.out_dir}: up to date (same weights, tokens and options); skipped")
+        return
     info = export_model(args.model_dir, args.out_dir, int8=not args.no_int8, left_context=args.left_context,
                         chunk_size=args.chunk_size)
     mb = {name: f["bytes"] / 1e6 for name, f in info["files"].items()}

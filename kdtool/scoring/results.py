@@ -9,6 +9,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from kdtool.scoring import compression
 from kdtool.scoring.plots import plot_learning_curves, plot_wer_vs_params
 from kdtool.scoring.bootstrap import N_RESAMPLES
 from kdtool.scoring.summary import busy, mean_std, model_rows, seed_groups
@@ -19,7 +20,7 @@ SUMMARY_COLUMNS = ("model", "kind", "decode", "params (M)", "size (MB)", "teache
 COLUMNS = ("model", "kind", "decode", "test set", "params (M)", "size (MB)", "WER", "CER", "S/D/I", "RTF")
 COMPARISON_COLUMNS = ("model", "decode", "against", "set", "WER", "WER against", "difference (points) [95% CI]",
                       "relative (%) [95% CI]", "P(improvement)")
-AGAINST = {"twin": "twin", "greedy": "greedy decoding", "teacher": "teacher"}
+AGAINST = {"twin": "twin", "greedy": "greedy decoding", "teacher": "teacher", "fp32": "ONNX fp32"}
 CER_CONVENTIONS = {"espnet": "CER counts each space between words as a `<space>` token (ESPnet's convention)",
                    "no_space": "CER leaves spaces out (kdtool's earlier convention)"}
 
@@ -259,6 +260,7 @@ def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test",
                   "every set. difference: WER minus the other's WER, in points; P(improvement): the share of "
                   "resamples in which the model makes fewer errors than the other (a tie counts half). Bold: the "
                   "interval excludes zero.", ""] + comparisons
+    lines += compression.lines(rows, test_set)
     if notes:
         lines += ["", "## Notes", "", f"<!-- from {notes} -->", notes_text]
     lines += benchmark_section(exp_dir)

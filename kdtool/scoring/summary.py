@@ -8,7 +8,8 @@ untranscribed pool), compression_pct (params saved against the teacher),
 dev/test_wer_rel_pct (relative WER change against the twin, negative = better) with its paired-bootstrap
 interval dev/test_wer_rel_ci, dev/test_p_improvement and dev/test_significant (see bootstrap.py), and
 comparisons: every paired bootstrap of the row (against its twin, the greedy decoding of the same model,
-its teacher; on each set both were decoded on).
+its teacher, an int8 export's decode its fp32 one; on each set both were decoded on); backend (torch, onnx,
+onnx_int8), base_decode (the PyTorch decode's name), disk_mb and int8_worse_than_fp32 (compression.py).
 
 Seeds: an exp dir named <model>_seed<N> (kd.sh --student_seeds) is one run of <model>; its row has
 model and seed, its twin is the twin's run of the same seed, and the rows of several seeds also get the
@@ -24,11 +25,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from kdtool.scoring import compression
 from kdtool.scoring.bootstrap import paired_bootstrap, pool, read_alignment
 
-KD_TERM_NAMES = {"frame": "frame", "token": "token", "seq": "sequence", "lattice": "lattice"}
 KIND_ORDER = ("ar", "nar", "ctc", "transducer")
-FRAME_DUMP_TYPES = ("fb_posteriors", "frame_posteriors", "rnnt_lattice")
+
+
+def _terms():
+    """The KD terms' table (kdtool.kd.terms), imported when a table has KD students: it imports torch and espnet."""
+    from kdtool.kd import terms
+    return terms
 
 
 def _read_json(path):
@@ -44,7 +50,7 @@ def _bytes_per_frame(config):
         info = Path(d) / "dump_info.json"
         if info.is_file():
             info = _read_json(info)
-            if info.get("type") in FRAME_DUMP_TYPES:
+            if info.get("type") in _terms().per_frame_dump_types():
                 return info["bytes_per_frame"]
     return None
 
@@ -109,7 +115,7 @@ def _greedy(row, rows):
     method = row["method"] or row["decode"]
     if "_beam" not in method:
         return None
-    same_model = [r for r in rows if r["name"] == row["name"] and r is not row]
+    same_model = [r for r in rows if r["name"] == row["name"] and r is not row and r["backend"] == row["backend"]]
     for target in (method.split("_beam")[0] + "_greedy", "ctc_greedy"):
         match = [r for r in same_model if target in (r["method"], r["decode"])]
         if match:
@@ -142,16 +148,19 @@ def model_rows(exp_dir, dev_set, test_set):
         teacher = info.get("teacher") if kd_terms else None  # a twin is trained by stage 5 too, without KD
         kd_conf = config.get("kd_conf") or {}
         model, seed = split_seed(model_dir.name)
+        disk_mb = compression.disk_mb(model_dir)
         for decode, by_set in sorted(_scores(model_dir).items()):
             dev, test = by_set.get(dev_set, ({},))[0], by_set.get(test_set, ({},))[0]
             method = (test.get("config") or dev.get("config") or {}).get("method")
+            backend = compression.backend(test or dev)
             rows.append({
                 "name": model_dir.name, "model": model, "seed": seed, "kind": info.get("kind"),
                 "params": info.get("params"),
                 "size_mb": info.get("size_mb"), "teacher": Path(teacher).name if teacher else None,
-                "kd": [KD_TERM_NAMES.get(t, t) for t in kd_terms], "twin": None,
+                "kd": [_terms().TERMS[t].label if t in _terms().TERMS else t for t in kd_terms], "twin": None,
                 "untranscribed": bool(kd_terms and kd_conf.get("untranscribed")),
-                "decode": decode, "method": method, "dev_wer": dev.get("wer"), "test_wer": test.get("wer"),
+                "decode": decode, "method": method, "backend": backend,
+                "base_decode": compression.base_decode(decode, backend), "disk_mb": disk_mb, "dev_wer": dev.get("wer"), "test_wer": test.get("wer"),
                 "test_cer": test.get("cer"), "rtf": test.get("rtf"), "rtf_busy": busy(test),
                 "soft_label_bytes_per_frame": _bytes_per_frame(config) if teacher else None,
                 "config": _config_path(model_dir, info), "command": info.get("command"),
@@ -174,6 +183,8 @@ def model_rows(exp_dir, dev_set, test_set):
         row["dev_wer_rel_pct"] = _rel(row["dev_wer"], twin["dev_wer"])
         row["test_wer_rel_pct"] = _rel(row["test_wer"], twin["test_wer"])
     add_comparisons(rows, dev_set, test_set)
+    for row in rows:
+        row["int8_worse_than_fp32"] = compression.int8_verdict(row, test_set) if row["backend"] == "onnx_int8" else None
     # families: a teacher with everything distilled from it (a twin joins its distilled versions' family)
     family = {r["name"]: _root(r, by_name)["name"] for r in rows}
     for row in rows:
@@ -204,11 +215,14 @@ def _order(row, root):
 
 
 def _against(row, rows):
-    """[(what, other row)] that ``row`` is compared with: its twin, its greedy decoding, its teacher."""
+    """[(what, other row)] that ``row`` is compared with: its twin, its greedy decoding, its teacher, and
+    an int8 export's decode its fp32 one."""
     twin = next((r for r in rows if r["name"] == row["twin"] and r["decode"] == row["decode"]), None)
     teacher = _teacher_row(row, rows) if row["teacher"] else None
+    fp32 = next((r for r in rows if r["name"] == row["name"] and r["backend"] == "onnx"
+                 and r["base_decode"] == row["base_decode"]), None) if row["backend"] == "onnx_int8" else None
     return [(what, other) for what, other in (("twin", twin), ("greedy", _greedy(row, rows)),
-                                              ("teacher", teacher)) if other is not None]
+                                              ("teacher", teacher), ("fp32", fp32)) if other is not None]
 
 
 def _compare(pairs, what, test_set, counts):

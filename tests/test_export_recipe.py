@@ -1,0 +1,62 @@
+"""kd.sh --export_students true on a tiny trained CTC model: stage 6 exports it and decodes the export
+in onnxruntime (fp32 and int8) beside the PyTorch decode, stage 7 scores the three; a rerun skips the
+up-to-date export and decodes. And kd.sh's list of the methods with an ONNX backend is the runner's."""
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from conftest import copy_egs
+from kdtool.data.datadir import read_table
+from kdtool.decode.runner import ONNX_METHODS
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+KD_SH = Path(__file__).resolve().parents[1] / "egs" / "TEMPLATE" / "kd1" / "kd.sh"
+
+
+def test_kd_sh_knows_the_methods_with_an_onnx_backend():
+    listed = re.search(r'^onnx_methods="([^"]*)"', KD_SH.read_text(), re.M).group(1).split()
+    assert sorted(listed) == sorted(ONNX_METHODS)
+
+
+def test_export_students_exports_decodes_and_scores_the_export(tmp_path, tiny_features, tiny_teacher):
+    recipe = copy_egs(tmp_path / "kdtool") / "mini_en" / "kd1"
+    (recipe / "dump" / "fbank").mkdir(parents=True)
+    (recipe / "dump" / "fbank" / "tiny").symlink_to(tiny_features["feats"])
+    model = recipe / "exp" / "ctc_model"
+    shutil.copytree(tiny_teacher, model, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "csv"))
+
+    def kd_sh(*args):
+        p = subprocess.run(["./kd.sh", "--stage", "6", "--stop_stage", "7", "--valid_set", "tiny", "--test_sets",
+                            "tiny", "--results", "exp/RESULTS.md", "--results_notes", "", "--decode_jobs", "2",
+                            *args], cwd=recipe, env=ENV, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout + p.stderr
+
+    kd_sh()  # the default: no export
+    assert not (model / "export").exists() and not list(model.glob("decode_*onnx*"))
+
+    out = kd_sh("--export_students", "true")
+    info = json.loads((model / "export" / "export_info.json").read_text())
+    assert {"model.onnx", "model.int8.onnx", "tokens.txt"} <= set(info["files"])
+    texts = {}
+    for name, backend in (("ctc_greedy", None), ("ctc_greedy_onnx", "onnx"), ("ctc_greedy_onnx_int8", "onnx_int8")):
+        d = model / f"decode_{name}_tiny"
+        decoded = json.loads((d / "decode_info.json").read_text())
+        assert decoded.get("backend") == backend and decoded["method"] == name
+        assert json.loads((d / "score.json").read_text())["method"] == name  # scored by stage 7
+        texts[name] = read_table(d / "text", allow_empty=True)
+        assert len(texts[name]) == 6
+    assert texts["ctc_greedy_onnx"] == texts["ctc_greedy"], "fp32 ONNX decodes as PyTorch does"
+    rows = json.loads((recipe / "exp" / "results.json").read_text())
+    assert {r["decode"] for r in rows} == {"ctc_greedy", "ctc_greedy_onnx", "ctc_greedy_onnx_int8"}
+
+    # a rerun: the export and every decode are up to date
+    before = {p: p.stat().st_mtime_ns for p in (model / "export").iterdir()}
+    out = kd_sh("--export_students", "true", "--stop_stage", "6")
+    assert "exp/ctc_model/export: up to date" in (model / "export.log").read_text(), out
+    assert {p: p.stat().st_mtime_ns for p in (model / "export").iterdir()} == before
+    for name in ("ctc_greedy", "ctc_greedy_onnx", "ctc_greedy_onnx_int8"):
+        assert "up to date" in (model / f"decode_{name}_tiny" / "decode.log").read_text()
