@@ -12,7 +12,8 @@ from kdtool.kd.distill import active_terms, load_student_config
 from kdtool.models import build_model, count_params
 from kdtool.train.config import model_part
 
-CONFIGS = sorted(REPO.glob("egs/*/kd1/conf/**/train_*.yaml"))
+CONFIGS = sorted([*REPO.glob("egs/*/kd1/conf/**/train_*.yaml"),
+                  *REPO.glob("egs/TEMPLATE/kd1/skeleton/conf/train_*.yaml")])  # what new_recipe.sh copies
 
 
 def test_there_are_configs_for_every_recipe():
@@ -60,7 +61,7 @@ def _twins(recipe):
 
 
 @pytest.mark.parametrize("recipe", sorted({p.parents[1] if p.parent.name == "conf" else p.parents[2]
-                                           for p in CONFIGS}), ids=lambda p: p.parent.name)
+                                           for p in CONFIGS}), ids=lambda p: str(p.relative_to(REPO / "egs")))
 def test_twins_differ_only_in_kd_conf(recipe):
     """A twin is what its KD student is measured against: every other key must be the same."""
     pairs = _twins(recipe)
