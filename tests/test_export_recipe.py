@@ -6,11 +6,15 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+
+import torch
 
 from conftest import copy_egs
 from kdtool.data.datadir import read_table
 from kdtool.decode.runner import ONNX_METHODS
+from kdtool.utils.files import file_sha256
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 KD_SH = Path(__file__).resolve().parents[1] / "egs" / "TEMPLATE" / "kd1" / "kd.sh"
@@ -60,3 +64,29 @@ def test_export_students_exports_decodes_and_scores_the_export(tmp_path, tiny_fe
     assert {p: p.stat().st_mtime_ns for p in (model / "export").iterdir()} == before
     for name in ("ctc_greedy", "ctc_greedy_onnx", "ctc_greedy_onnx_int8"):
         assert "up to date" in (model / f"decode_{name}_tiny" / "decode.log").read_text()
+
+
+def test_export_skip_up_to_date(tmp_path, tiny_teacher):
+    """--skip_up_to_date keeps an export of the same weights, tokens and options, and exports again after any
+    of them changed or a file of the export did."""
+    model = tmp_path / "ctc"
+    shutil.copytree(tiny_teacher, model, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "csv"))
+
+    def export(*args):
+        p = subprocess.run([sys.executable, "-m", "kdtool.bin.export", "--model_dir", str(model), "--out_dir",
+                            str(model / "export"), "--skip_up_to_date", *args], env=ENV, capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0, p.stderr
+        return "up to date" in p.stdout
+
+    assert not export("--no_int8")
+    assert export("--no_int8")
+    assert not export() and export()  # int8 asked for: the fp32-only export was not enough
+    graph = model / "export" / "model.int8.onnx"
+    graph.write_bytes(graph.read_bytes()[:-1])  # a damaged file
+    assert not export() and export()
+    weights = torch.load(model / "model.pth")
+    torch.save({k: v + 1e-3 if v.is_floating_point() else v for k, v in weights.items()}, model / "model.pth")
+    assert not export()
+    assert json.loads((model / "export" / "export_info.json").read_text())["model_sha256"] == \
+        file_sha256(model / "model.pth")

@@ -256,8 +256,8 @@ def write_results(exp_dir, out, title="RESULTS", dev_set="dev", test_set="test",
     if comparisons:
         lines += ["", "## Is the difference real? (paired bootstrap)", "",
                   "Each distilled model against its twin, each beam search against the greedy decoding of the same "
-                  "model, each student against its teacher (the same decoding, else the teacher's best on dev), on "
-                  "every set. difference: WER minus the other's WER, in points; P(improvement): the share of "
+                  "model, each student against its teacher (the same decoding, else the teacher's best on dev), each "
+                  "int8 export's decoding against the fp32 export's, on every set. difference: WER minus the other's WER, in points; P(improvement): the share of "
                   "resamples in which the model makes fewer errors than the other (a tie counts half). Bold: the "
                   "interval excludes zero.", ""] + comparisons
     lines += compression.lines(rows, test_set)
