@@ -1,5 +1,10 @@
 """Training configs that inherit (base:) and per-run overrides (--set KEY=VALUE): merged as documented
 in kdtool.train.config, every bad input a ConfigError naming the file and the key, before training."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -86,3 +91,29 @@ def test_a_teacher_config_takes_no_kd_override(tmp_path):
     teacher = write(tmp_path / "train_teacher.yaml", {k: v for k, v in BASE.items() if k != "kd_conf"})
     with pytest.raises(ConfigError, match="no config key 'kd_conf'"):
         read_config(teacher, ["kd_conf.alpha=0.3"])
+
+
+def test_train_cli_saves_the_resolved_config_and_refuses_a_bad_override(tiny_features, tmp_path):
+    f = tiny_features
+    twin = write(tmp_path / "train_twin.yaml", {"model": "ctc", "max_epoch": 3, "batch_frames": 800,
+                                                "keep_nbest_models": 1, "scheduler_conf": {"warmup_steps": 5},
+                                                "encoder_conf": {"output_size": 32, "attention_heads": 2,
+                                                                 "linear_units": 64, "num_blocks": 1}})
+    child = write(tmp_path / "train_child.yaml", {"base": twin.name, "encoder_conf": {"linear_units": 48}})
+
+    def train(exp, *overrides):
+        return subprocess.run([sys.executable, "-m", "kdtool.bin.train", "--config", str(child), "--train_data",
+                               str(f["feats"]), "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]),
+                               "--cmvn", str(f["cmvn"]), "--exp_dir", str(exp), "--accelerator", "cpu",
+                               "--devices", "1", "--set", *overrides], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    bad = train(tmp_path / "bad", "optim_conf.lr=0.001", "max_epochs=1")
+    assert bad.returncode != 0 and f"{child}: --set 'max_epochs=1': no config key 'max_epochs'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+    p = train(tmp_path / "exp", "max_epoch=1", "optim_conf.lr=0.001")
+    assert p.returncode == 0, p.stderr[-3000:]
+    saved = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
+    assert saved["max_epoch"] == 1 and saved["optim_conf"]["lr"] == 0.001 and "base" not in saved
+    assert saved["encoder_conf"] == {"output_size": 32, "attention_heads": 2, "linear_units": 48, "num_blocks": 1}
+    assert json.loads((tmp_path / "exp" / "model_info.json").read_text())["overrides"] == ["max_epoch=1",
+                                                                                          "optim_conf.lr=0.001"]
