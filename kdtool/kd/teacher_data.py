@@ -99,31 +99,35 @@ class SoftLabelSet:
 
 class DistillDataset(torch.utils.data.Dataset):
     """A SpeechDataset whose items also carry what the teacher says about them, for each active
-    term: ``frame_ids``/``frame_probs`` (on the student's frames), ``token_ids``/``token_probs``,
-    ``nbest`` [(ids, score)], ``lattice`` [T_s, U+1, 3]; a key is absent where there is nothing."""
+    term (``sources``: {term: its reader}; each term of kdtool.kd.terms says what its items and
+    batch keys are: ``frame_ids``/``frame_probs`` on the student's frames, ``token_ids``/``token_probs``,
+    ``nbest`` [(ids, score)], ``lattice`` [T_s, U+1, 3]); a key is absent where there is nothing."""
 
     def __init__(self, base, student, sources, missing="error"):
+        from kdtool.kd.terms import TERMS  # the terms read their dumps with this module's SoftLabelSet
         self.base, self.sources = base, sources
+        self.terms = {name: TERMS[name] for name in sources}
         self.subsampling, self.front_end = subsampling_factor(student), front_end(student)
-        self._student_frames = lambda n: subsampled_length(student, n)
+        self.student_frames = lambda n: subsampled_length(student, n)
         self.missing = {}
         untranscribed = [u for u in base.utts if u not in base._ys]
-        if "frame" in sources:
-            sources["frame"].check_front_end(self.front_end)
-        for term, source in sources.items():
-            needs = base.utts if term in ("frame", "seq") else [u for u in base.utts if u in base._ys]
+        for name, source in sources.items():
+            self.terms[name].prepare(source, self)
+        for name, source in sources.items():
+            term = self.terms[name]
+            needs = [u for u in base.utts if u in base._ys] if term.transcribed_only else base.utts
             lacking = [u for u in needs if u not in source]
-            self.missing[term] = len(lacking)
+            self.missing[name] = len(lacking)
             if not lacking:
                 continue
             where = source.dirs() if hasattr(source, "dirs") else str(source.dir)
             if missing == "error":
-                raise SoftLabelError(f"{len(lacking)} of {len(needs)} training utterances have no {term}-level "
+                raise SoftLabelError(f"{len(lacking)} of {len(needs)} training utterances have no {name}-level "
                                      f"teacher data in {where} (first: {lacking[0]} from {base._dir[lacking[0]]}); "
                                      "dump them in stage 4, or set kd_conf.missing: skip to train those without "
                                      "that term")
             logging.warning("%d training utterances have no %s-level teacher data in %s: trained without that term",
-                            len(lacking), term, where)
+                            len(lacking), name, where)
         # an untranscribed utterance with no teacher data at all has nothing to teach
         useless = {u for u in untranscribed if not any(u in s for s in sources.values())}
         if useless:
@@ -136,44 +140,20 @@ class DistillDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, utt):
         item = self.base[utt]
-        frames = self._student_frames(self.base.num_frames[utt])
-        n_tokens = len(item["ys"])
-        for term, source in self.sources.items():
-            if utt not in source or (term in ("token", "lattice") and not item["transcribed"]):
-                continue
-            if term == "frame":
-                item["frame_ids"], item["frame_probs"] = source.frames(utt, frames, self.front_end,
-                                                                            self.base.num_frames[utt])
-            elif term == "token":
-                item["token_ids"], item["token_probs"] = source.tokens(utt, n_tokens)
-            elif term == "seq":
-                item["nbest"] = source[utt]
-            else:
-                item["lattice"] = source.lattice(utt, n_tokens, frames)
+        for name, source in self.sources.items():
+            term = self.terms[name]
+            if utt in source and (item["transcribed"] or not term.transcribed_only):
+                item.update(term.item(source, utt, item, self))
         return item
 
     @staticmethod
     def collate(items):
-        """``collate`` plus, per term present, padded teacher data: ``<term>_ids``/``<term>_probs``
-        [B, N, K] (zero probability adds nothing to a KL) and ``has_<term>`` [B]; ``nbest`` (a list
-        per utterance, empty where none); ``lattice`` (a list, None where none)."""
+        """``collate`` plus, per term present, its padded teacher data (kdtool.kd.terms.base.Term.collate:
+        ``<term>_ids``/``<term>_probs`` [B, N, K] and ``has_<term>`` [B]; ``nbest``, a list per utterance,
+        empty where none; ``lattice``, a list, None where none)."""
+        from kdtool.kd.terms import TERMS
         items = sorted(items, key=lambda b: -b["feats"].shape[0])  # the order collate gives
         batch = collate(items)
-        for term in ("frame", "token"):
-            present = [b for b in items if f"{term}_ids" in b]
-            if not present:
-                continue
-            N = max(b[f"{term}_ids"].shape[0] for b in present)
-            K = max(b[f"{term}_ids"].shape[1] for b in present)
-            ids, probs = torch.zeros(len(items), N, K, dtype=torch.long), torch.zeros(len(items), N, K)
-            for i, b in enumerate(items):
-                if f"{term}_ids" in b:
-                    n, k = b[f"{term}_ids"].shape
-                    ids[i, :n, :k], probs[i, :n, :k] = b[f"{term}_ids"], b[f"{term}_probs"]
-            batch.update({f"{term}_ids": ids, f"{term}_probs": probs,
-                          f"has_{term}": torch.tensor([f"{term}_ids" in b for b in items], dtype=torch.bool)})
-        if any("nbest" in b for b in items):
-            batch["nbest"] = [b.get("nbest", []) for b in items]
-        if any("lattice" in b for b in items):
-            batch["lattice"] = [b.get("lattice") for b in items]
+        for term in TERMS.values():
+            term.collate(items, batch)
         return batch

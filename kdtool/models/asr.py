@@ -33,6 +33,7 @@ ENCODER_DEFAULTS = {
 }
 DECODERS = {"transformer": TransformerDecoder, "mlm": MLMDecoder, "rnn": TransducerDecoder}
 IGNORE_ID = -1
+KD_OUTPUTS = ("encoder", "ctc", "decoder", "joint")  # what a KD term may train (ASRModel.kd_outputs)
 EMBED_INITS = ("scaled", "espnet")  # a Mask-CTC decoder's token embeddings (NARModel)
 
 
@@ -76,6 +77,53 @@ class ASRModel(torch.nn.Module):
         """The CTC head's loss, summed over utterances (optionally weighted), divided by the batch size."""
         with fp32(enc):
             return _weighted_sum(self.ctc(enc.float(), enc_lens, ys, ys_lens), weights)
+
+    # ------------------------------------------------------------------ the KD interface
+    # What the KD terms (kdtool.kd.terms) use of a model, and all they use: a new kind that provides
+    # these (and front_end / subsampled_length below work on its encoder) gets every applicable term.
+    #   encode(feats, feats_lens) -> (enc [B, T', D], enc_lens [B])           every kind ("encoder")
+    #   encoder_layers(feats, feats_lens, layers) -> (enc, enc_lens, [hidden [B, T', D] per layer])
+    #   ctc_log_probs(enc) -> [B, T', V]                                       "ctc"
+    #   decoder_logits(enc, enc_lens, ys, ys_lens) -> (logits [B, L', V], targets [B, L'], IGNORE_ID
+    #                                                  where a position does not count)  "decoder"
+    #   joint_logits(enc, ys) -> [B, T', U+1, V]                               "joint"
+    #   supervised_loss(enc, enc_lens, ys, ys_lens, weights=None) -> (loss, stats)
+    def kd_outputs(self):
+        """Which of KD_OUTPUTS this model has (a term declares the one it trains)."""
+        have = {"encoder"}
+        if getattr(self, "ctc", None) is not None:
+            have.add("ctc")
+        for name, method in (("decoder", "decoder_logits"), ("joint", "joint_logits")):
+            if callable(getattr(self, method, None)):
+                have.add(name)
+        return have
+
+    def encoder_blocks(self):
+        """The encoder's blocks in order (layer n of encoder_layers is the output of block n, 1-based)."""
+        inner = getattr(self.encoder, "encoder", None)  # StreamingConformerEncoder wraps espnet's Encoder
+        return list(inner.encoders.blocks if inner is not None else self.encoder.encoders)
+
+    def encoder_layers(self, feats, feats_lens, layers):
+        """``encode`` plus the hidden states [B, T', D] that the encoder blocks ``layers`` (1-based) output."""
+        blocks = self.encoder_blocks()
+        bad = [n for n in layers if not 1 <= n <= len(blocks)]
+        if bad:
+            raise ValueError(f"encoder layer(s) {bad}: this {self.kind} model's encoder has layers 1..{len(blocks)}")
+        hidden, hooks = {}, []
+
+        def keep(n):
+            def hook(module, inputs, output):
+                while isinstance(output, (tuple, list)):
+                    output = output[0]  # espnet blocks return (x, mask) or ((x, pos_emb), mask)
+                hidden[n] = output
+            return hook
+        try:
+            hooks = [blocks[n - 1].register_forward_hook(keep(n)) for n in set(layers)]
+            enc, enc_lens = self.encode(feats, feats_lens)
+        finally:
+            for h in hooks:
+                h.remove()
+        return enc, enc_lens, [hidden[n] for n in layers]
 
 
 class CTCModel(ASRModel):

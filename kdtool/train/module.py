@@ -59,7 +59,10 @@ class ASRTask(L.LightningModule):
     def configure_optimizers(self):
         c = self.config
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[c["optim"]]
-        opt = cls(self.model.parameters(), **c["optim_conf"])
+        params = list(self.model.parameters())
+        if isinstance(self.loss_fn, torch.nn.Module):  # a KD term's trainable parts (a projection): trained
+            params += list(self.loss_fn.parameters())  # too, but not saved with the model (trainer keeps model.*)
+        opt = cls(params, **c["optim_conf"])
         if c["scheduler"] in (None, "none"):
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lr_lambda(c["scheduler_conf"]["warmup_steps"]))
