@@ -164,3 +164,27 @@ def test_student_seeds_train_one_exp_dir_per_seed(recipe, tiny_features, tiny_te
         assert f"--seed {seed}" in json.loads((exp / "model_info.json").read_text())["command"]
         weights[seed] = torch.load(exp / "model.pth")
     assert not all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
+
+
+def test_student_args_override_the_config_of_a_run(recipe, tiny_features, tiny_teacher):
+    """--student_args "KEY=VALUE ...": every stage-5 training's config overridden (kdtool.bin.distill --set), the
+    exp dir's config.yaml the result; an unknown key fails the training with the file and the key named."""
+    fbank = recipe / "dump" / "fbank" / "tiny"
+    fbank.unlink()
+    shutil.copytree(tiny_features["feats"], fbank)
+    shutil.copy(tiny_features["cmvn"], fbank / "cmvn.ark")
+    args = ["./kd.sh", "--stage", "5", "--stop_stage", "5", "--train_set", "tiny", "--valid_set", "tiny",
+            "--token_type", "char", "--kd_teacher", str(tiny_teacher), "--soft_label_dir", "soft",
+            "--student_configs", "conf/fast/train_ctc_student.yaml"]
+    p = subprocess.run([*args, "--student_args", "max_epoch=1 kd_conf.alpah=0.3"], cwd=recipe, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0, p.stdout + p.stderr
+    log = (recipe / "exp" / "ctc_student" / "train.log").read_text()
+    assert ("conf/fast/train_ctc_student.yaml (with --set max_epoch=1 kd_conf.alpah=0.3): kd_conf: unknown key(s) "
+            "['alpah']") in log, log[-2000:]
+    assert not (recipe / "exp" / "ctc_student" / "checkpoints").exists()
+    p = subprocess.run([*args, "--student_args", "max_epoch=1 encoder_conf.linear_units=24"], cwd=recipe, env=ENV,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    saved = yaml.safe_load((recipe / "exp" / "ctc_student" / "config.yaml").read_text())
+    assert saved["max_epoch"] == 1 and saved["encoder_conf"]["linear_units"] == 24
