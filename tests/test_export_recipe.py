@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from conftest import copy_egs
 from kdtool.data.datadir import read_table
@@ -90,3 +91,43 @@ def test_export_skip_up_to_date(tmp_path, tiny_teacher):
     assert not export()
     assert json.loads((model / "export" / "export_info.json").read_text())["model_sha256"] == \
         file_sha256(model / "model.pth")
+
+
+def test_export_students_exports_a_streaming_transducer_and_skips_an_offline_one(tmp_path, tiny_features):
+    """Random-weight transducers as training leaves them (no decoder key: the default rnn predictor): the
+    streaming one is exported and its export decoded (transducer_greedy), the offline one is not."""
+    from kdtool.models.build import build_model
+
+    recipe = copy_egs(tmp_path / "kdtool") / "mini_en" / "kd1"
+    (recipe / "dump" / "fbank").mkdir(parents=True)
+    (recipe / "dump" / "fbank" / "tiny").symlink_to(tiny_features["feats"])
+    for f in recipe.glob("conf/decode_transducer_*.yaml"):  # greedy decodes both (streaming: offline models cannot)
+        f.unlink()
+    (recipe / "conf" / "decode_transducer_greedy.yaml").write_text("method: transducer_greedy\n")
+    enc = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 1, "cnn_module_kernel": 7,
+           "subsampling_channels": 16}
+    models = {}
+    for name, encoder in (("streaming", "streaming_conformer"), ("offline", "conformer")):
+        exp = models[name] = recipe / "exp" / name
+        config = {"model": "transducer", "encoder": encoder, "encoder_conf": enc, "decoder_conf": {"hidden_size": 32},
+                  "joint_net_conf": {"joint_space_size": 32}}
+        shutil.copytree(tiny_features["tokens"], exp / "tokens")
+        shutil.copy(tiny_features["cmvn"], exp / "cmvn.ark")
+        (exp / "config.yaml").write_text(yaml.safe_dump(config))
+        (exp / "model_info.json").write_text(json.dumps({"kind": "transducer"}))
+        torch.manual_seed(0)
+        n_tokens = len((exp / "tokens" / "tokens.txt").read_text().splitlines())
+        torch.save(build_model(config, n_tokens).state_dict(), exp / "model.pth")
+    p = subprocess.run(["./kd.sh", "--stage", "6", "--stop_stage", "6", "--decode_sets", "tiny", "--decode_jobs", "2",
+                        "--export_students", "true"], cwd=recipe, env=ENV, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "exp/offline has no export (its kind or model); not exported" in p.stdout
+    assert not (models["offline"] / "export").exists()
+    assert sorted(d.name for d in models["offline"].glob("decode_*")) == ["decode_transducer_greedy_tiny"]
+    texts = {}
+    for name in ("transducer_greedy", "transducer_greedy_onnx", "transducer_greedy_onnx_int8"):
+        d = models["streaming"] / f"decode_{name}_tiny"
+        assert json.loads((d / "decode_info.json").read_text())["method"] == name
+        texts[name] = read_table(d / "text", allow_empty=True)
+    assert texts["transducer_greedy_onnx"] == texts["transducer_greedy"]

@@ -317,7 +317,7 @@ exportable() {  # model -> success if kdtool.bin.export exports it (ctc, nar; tr
   python -c "import json, sys, yaml
 kind = json.load(open(sys.argv[1] + '/model_info.json'))['kind']
 c = yaml.safe_load(open(sys.argv[1] + '/config.yaml'))
-lstm = c.get('decoder') == 'rnn' and (c.get('decoder_conf') or {}).get('rnn_type', 'lstm') == 'lstm'
+lstm = c.get('decoder', 'rnn') == 'rnn' and (c.get('decoder_conf') or {}).get('rnn_type', 'lstm') == 'lstm'
 sys.exit(not (kind in ('ctc', 'nar') or (kind == 'transducer' and c.get('encoder') == 'streaming_conformer' and lstm)))" "$1"
 }
 decode_runs() {  # model -> "config name backend" of each of its decodes (the onnx ones if it was exported)
