@@ -5,6 +5,7 @@ divided by the batch size::
 
     loss = (1 - alpha) * supervised  +  alpha * KD          (supervised: transcribed utterances only)
     KD   = frame_weight * frame + token_weight * token + seq_weight * seq + lattice_weight * lattice
+           + hidden_weight * hidden
 
     frame    T^2 KL(teacher || student CTC posteriors at T) per student frame, from frame or
              forward-backward posteriors (stage 4 dumps, or an online teacher); every utterance
@@ -14,6 +15,8 @@ divided by the batch size::
              by softmax(score / nbest_tau) over its list; every utterance with a list
     lattice  T^2 KL over a transducer's output lattice of the collapsed (blank, next label, rest)
              distributions (kdtool.kd.rnnt); transducer students, transcribed utterances
+    hidden   L2 or cosine from chosen teacher encoder layers to the student's, through a learned
+             projection where widths differ; the teacher run on each batch (kdtool.kd.terms.hidden)
 
 so an untranscribed utterance learns from the teacher alone. Each term is one module of
 kdtool.kd.terms, registered in its ``TERMS`` table: what it reads from stage 4, which students it
@@ -33,6 +36,9 @@ The student config is a training config (kdtool.train.config) plus::
       token_weight: 0.0
       seq_weight: 0.0
       lattice_weight: 0.0
+      hidden_weight: 0.0
+      hidden_layers: null     # {student layer: teacher layer} (encoder blocks, 1-based); null: encoder outputs
+      hidden_loss: l2         # or cosine
       nbest_tau: 1.0          # sharpness of the N-best weights
       lattice_nodes: all      # all: every lattice node's KL counts 1; occupancy: weighted by how often the
                               # teacher's alignments pass the node (sums T + U nodes' worth, not T * (U+1))

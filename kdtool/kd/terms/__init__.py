@@ -3,11 +3,12 @@ the loss's sum). distill, its loss, its dataset and the results table ask the ta
 is one module (a ``kdtool.kd.terms.base.Term``) and one entry here."""
 from kdtool.kd.terms.base import Term  # noqa: F401
 from kdtool.kd.terms.frame import FrameTerm
+from kdtool.kd.terms.hidden import HiddenTerm
 from kdtool.kd.terms.lattice import LatticeTerm
 from kdtool.kd.terms.seq import SeqTerm
 from kdtool.kd.terms.token import TokenTerm
 
-TERMS = {t.name: t for t in (FrameTerm(), TokenTerm(), SeqTerm(), LatticeTerm())}
+TERMS = {t.name: t for t in (FrameTerm(), TokenTerm(), SeqTerm(), LatticeTerm(), HiddenTerm())}
 
 
 def term_of_dump_type(type):
