@@ -110,6 +110,10 @@ def test_train_cli_saves_the_resolved_config_and_refuses_a_bad_override(tiny_fea
     bad = train(tmp_path / "bad", "optim_conf.lr=0.001", "max_epochs=1")
     assert bad.returncode != 0 and f"{child}: --set 'max_epochs=1': no config key 'max_epochs'" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+    bad = train(tmp_path / "bad", "encoder_conf.num_layers=2")  # a model key: found by building it
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()
+    assert (f"{child} (with --set encoder_conf.num_layers=2): encoder_conf (conformer): unknown key(s) "
+            "['num_layers']") in bad.stderr
     p = train(tmp_path / "exp", "max_epoch=1", "optim_conf.lr=0.001")
     assert p.returncode == 0, p.stderr[-3000:]
     saved = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())

@@ -16,7 +16,7 @@ init_conf (documented in kdtool/kd/distill.py). Same trainer as stage 3: DDP fla
 kill, checkpoint averaging.
 """
 from kdtool.bin._common import command_line, run_main
-from kdtool.bin.train import devices, with_seed
+from kdtool.bin.train import devices, model_checked, with_seed
 from kdtool.bin.train import get_parser as train_parser
 from kdtool.kd.distill import distill, load_student_config
 
@@ -35,7 +35,7 @@ def get_parser():
 
 def main():
     args = get_parser().parse_args()
-    config = with_seed(load_student_config(args.config, args.overrides), args.seed)
+    config = model_checked(with_seed(load_student_config(args.config, args.overrides), args.seed), args)
     distill(config, args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
             soft_label_dirs=args.soft_labels, nbest_dirs=args.nbest, teacher_dir=args.teacher_dir,
             soft_label_dir=args.soft_label_dir, untrans_dirs=args.untrans_data, devices=devices(args),

@@ -10,8 +10,11 @@ A rerun resumes from the last checkpoint. See kdtool/train/trainer.py for the ex
 """
 import argparse
 
+import torch
+
 from kdtool.bin._common import command_line, run_main
-from kdtool.train.config import load_config
+from kdtool.models.build import ConfigError, build_model
+from kdtool.train.config import config_source, load_config, model_part
 from kdtool.train.trainer import train
 
 
@@ -42,6 +45,17 @@ def with_seed(config, seed):
     return config if seed is None else {**config, "seed": seed}
 
 
+def model_checked(config, args):
+    """``config`` once its model builds (on the meta device: no memory, no time), so that a bad model key, from
+    the file, its base or --set, is named with the config file before any data is read."""
+    try:
+        with torch.device("meta"):
+            build_model(model_part(config), vocab_size=8)
+    except ConfigError as e:
+        raise ConfigError(f"{config_source(args.config, args.overrides)}: {e}") from None
+    return config
+
+
 def devices(args):
     """--devices as lightning takes it: a GPU count, or 'auto'."""
     return int(args.devices) if args.devices.isdigit() else args.devices
@@ -49,7 +63,7 @@ def devices(args):
 
 def main():
     args = get_parser().parse_args()
-    config = with_seed(load_config(args.config, args.overrides), args.seed)
+    config = model_checked(with_seed(load_config(args.config, args.overrides), args.seed), args)
     train(config, args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
           devices=devices(args), num_nodes=args.num_nodes, accelerator=args.accelerator,
           extra_info={"config": args.config, "overrides": args.overrides,
