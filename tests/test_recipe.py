@@ -117,6 +117,14 @@ def test_teachers_are_trained_decoded_and_scored(mini_en):
     assert kd["command"].startswith("python -m kdtool.bin.distill --config conf/fast/train_ctc_student_kd.yaml")
     assert kd["test_wer_rel_pct"] == pytest.approx(
         100 * (kd["test_wer"] / rows[("ctc_student", "ctc_greedy")]["test_wer"] - 1), abs=0.01)
+    # paired bootstrap: the KD student against its twin and its teacher on every set, the interval in the table
+    by = {(c["against"], c["set"]): c for c in kd["comparisons"]}
+    assert set(by) == {(w, x) for w in ("twin", "teacher") for x in ("dev", "test", "test_unseen")}
+    twin = by[("twin", "test")]
+    assert twin["n_utts"] == 30 and twin["n_resamples"] == 1000 and 0 <= twin["p_improvement"] <= 1
+    assert twin["wer"] == pytest.approx(kd["test_wer"], abs=1e-3) and kd["test_wer_rel_ci"] == twin["rel_pct_ci"]
+    assert f"{twin['rel_pct']:+.1f}% [{twin['rel_pct_ci'][0]:+.1f}, {twin['rel_pct_ci'][1]:+.1f}]" in results
+    assert "## Is the difference real? (paired bootstrap)" in results and "`<space>` token" in results
     assert rows[("ar_teacher", "ar_beam10")]["command"].startswith("python -m kdtool.bin.train")
     stage2 = [r for (name, _), r in rows.items() if name == "transducer_student_stage2"]
     assert stage2 and all(r["teacher"] == "transducer_student_stage1" and r["compression_pct"] > 0 for r in stage2)
@@ -145,7 +153,7 @@ def test_stage_3_installs_a_packaged_teacher_and_refuses_a_damaged_one(mini_en, 
     trained = torch.load(mini_en / "exp_fast/ar_teacher/model.pth")
     installed = torch.load(mini_en / "exp_pkg/ar_teacher/model.pth")
     assert trained.keys() == installed.keys()
-    assert all(torch.allclose(trained[k].float(), installed[k], atol=1e-2, rtol=1e-2) for k in trained)
+    assert all(torch.allclose(trained[k].float(), installed[k].float(), atol=1e-2, rtol=1e-2) for k in trained)
     assert (mini_en / "exp_pkg/ar_teacher/tokens/tokens.txt").read_text() == \
         (mini_en / "exp_fast/ar_teacher/tokens/tokens.txt").read_text()
     # damaged after packing: stage 3 stops before writing anything, naming the file and both sha256s
