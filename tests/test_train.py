@@ -266,6 +266,8 @@ def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_where_an_uninterrup
     cmd = train_command(cfg, tiny_features, tmp_path, "--checkpoint_minutes", "1e-9")
 
     subprocess.run(cmd(tmp_path / "clean"), check=True, capture_output=True)
+    # one resume point: the epoch ends' saves and the periodic ones share last.ckpt
+    assert sorted(p.name for p in (tmp_path / "clean" / "checkpoints").iterdir()) == ["epoch001.ckpt", "last.ckpt"]
     proc = subprocess.Popen(cmd(tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     last, deadline = tmp_path / "killed" / "checkpoints" / "last.ckpt", time.time() + 120

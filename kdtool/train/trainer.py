@@ -104,7 +104,8 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
         return json.loads((exp / "model_info.json").read_text())
 
     ckpt = ModelCheckpoint(dirpath=exp / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                           monitor="valid/loss", mode="min", save_top_k=config["keep_nbest_models"], save_last=True)
+                           monitor="valid/loss", mode="min", save_top_k=config["keep_nbest_models"], save_last=True,
+                           enable_version_counter=False)  # last.ckpt is also PeriodicCheckpoint's: not last-v1.ckpt
     # a converged model stops by itself: training "until the validation loss is flat" needs no guess of max_epoch
     stop = [EarlyStopping("valid/loss", patience=config["patience"], mode="min")] if config["patience"] else []
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
