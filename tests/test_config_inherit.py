@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from kdtool.kd.distill import load_student_config
-from kdtool.models.build import ConfigError
+from kdtool.errors import ConfigError
 from kdtool.train.config import load_config, merge, read_config
 
 BASE = {"model": "ctc", "encoder": "conformer", "encoder_conf": {"output_size": 64, "num_blocks": 2},

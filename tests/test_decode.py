@@ -21,7 +21,7 @@ from kdtool.decode.ar import ARBeamSearch
 from kdtool.decode.ctc import ctc_greedy_search, greedy
 from kdtool.decode.maskctc import espnet_maskctc_greedy, maskctc_greedy
 from kdtool.decode.transducer import TransducerBeamSearch, greedy_search
-from kdtool.models import ConfigError
+from kdtool.errors import ConfigError
 from kdtool.models.load import load_trained
 
 # The tiny trained models (fixtures ``models`` and ``encoded``) are in conftest.py: the Mask-CTC

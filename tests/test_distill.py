@@ -17,7 +17,8 @@ from kdtool.kd.dump import dump_job, merge_dump
 from kdtool.kd.softlabels import SoftLabelError
 from kdtool.features.cmvn import mean_std
 from kdtool.models.asr import subsampled_length
-from kdtool.models.build import ConfigError, build_model
+from kdtool.errors import ConfigError
+from kdtool.models.build import build_model
 from kdtool.models.load import load_trained
 from kdtool.train.dataset import SpeechDataset, collate
 

@@ -16,7 +16,8 @@ from kdtool.data.datadir import DataDir, DataDirError
 from kdtool.data.perturb import speed_perturb
 from kdtool.data.validate import validate_data_dir
 from kdtool.features.cmvn import accumulate_stats, apply_cmvn, compute_cmvn, load_cmvn
-from kdtool.features.fbank import compute_fbank_job, fbank, job_slice, merge_fbank_jobs
+from kdtool.features.fbank import compute_fbank_job, fbank, merge_fbank_jobs
+from kdtool.utils.jobs import job_slice
 
 
 def load_feats(out_dir):

@@ -7,7 +7,8 @@ import yaml
 from kdtool.features.cmvn import mean_std
 from kdtool.kd.distill import DistillLoss, OnlineTeacher, distill, load_student_config
 from kdtool.kd.terms import TERMS
-from kdtool.models.build import ConfigError, build_model
+from kdtool.errors import ConfigError
+from kdtool.models.build import build_model
 from kdtool.models.load import load_trained
 from kdtool.train.config import resolve_config
 from kdtool.train.dataset import SpeechDataset, collate

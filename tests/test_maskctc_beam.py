@@ -15,7 +15,7 @@ from kdtool.data.datadir import read_table
 from kdtool.decode import decode_dir, load_decode_config, resolve_decode_config
 from kdtool.decode.maskctc import (MaskCTCBeamSearch, _ctc_log_likelihoods, _kbest_fillings, _length_variants,
                                    maskctc_beam_nbest, maskctc_greedy)
-from kdtool.models import ConfigError
+from kdtool.errors import ConfigError
 
 A, B = 3, 4  # two ordinary tokens of the tiny char vocabulary (0 is blank, the last two <sos/eos>, <mask>)
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdtool.models import ConfigError, build_model, count_params, model_size_mb
+from kdtool.errors import ConfigError
+from kdtool.models import build_model, count_params, model_size_mb
 from kdtool.models.asr import subsampled_length
 
 V = 24

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from kdtool.models import ConfigError
+from kdtool.errors import ConfigError
 from kdtool.models.load import load_trained
 from kdtool.train.config import load_config, resolve_config
 from kdtool.train.plot import read_metrics

@@ -9,7 +9,7 @@ import yaml
 from kdtool.bin import tune_decode
 from kdtool.bin.score import score_decode_dir
 from kdtool.decode import decode_dir, resolve_decode_config
-from kdtool.models import ConfigError
+from kdtool.errors import ConfigError
 
 
 def run_tune(*argv):

@@ -1,1 +1,2 @@
-"""Thin command-line entry points: ``python -m kdtool.bin.<name> --help``."""
+"""Thin command-line entry points, one per command (``python -m kdtool.bin.<name> --help``): they parse
+options and call the layers below; nothing outside bin/ imports them."""

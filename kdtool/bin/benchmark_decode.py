@@ -22,7 +22,7 @@ import sys
 
 from kdtool.bin._common import run_main
 from kdtool.decode.benchmark import read_settings, run_benchmark
-from kdtool.models.build import ConfigError
+from kdtool.errors import ConfigError
 
 
 def get_parser():

@@ -12,7 +12,8 @@ The merged dir holds feats.scp, utt2num_frames and a copy of the data dir's file
 import argparse
 
 from kdtool.bin._common import run_main
-from kdtool.features.fbank import check_jobs, compute_fbank_job, merge_fbank_jobs
+from kdtool.features.fbank import compute_fbank_job, merge_fbank_jobs
+from kdtool.utils.jobs import check_jobs
 
 
 def get_parser():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kdtool.bin._common import run_main
 from kdtool.data.datadir import read_table
+from kdtool.features.frames import audio_seconds
 from kdtool.scoring.wer import CER_CONVENTIONS, format_alignment, score
 from kdtool.utils.atomic import atomic_open, write_lines
 
@@ -29,11 +30,6 @@ def get_parser():
                         "no_space: spaces left out")
     p.add_argument("decode_dir", help="decode dir with text, decode_time, decode_info.json")
     return p
-
-
-def audio_seconds(num_frames):
-    """Seconds of audio behind ``num_frames`` 10 ms frames of 25 ms windows."""
-    return (int(num_frames) - 1) * 0.01 + 0.025
 
 
 def _seconds(path, utts, to_seconds):

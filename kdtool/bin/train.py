@@ -13,7 +13,8 @@ import argparse
 import torch
 
 from kdtool.bin._common import command_line, run_main
-from kdtool.models.build import ConfigError, build_model
+from kdtool.errors import ConfigError
+from kdtool.models.build import build_model
 from kdtool.train.config import config_source, load_config, model_part
 from kdtool.train.trainer import train
 

@@ -22,8 +22,8 @@ import yaml
 from kdtool.bin._common import command_line, run_main
 from kdtool.bin.score import score_decode_dir
 from kdtool.decode.runner import decode_dir, resolve_decode_config, up_to_date
-from kdtool.models.build import read_yaml
 from kdtool.utils.atomic import atomic_open, write_lines
+from kdtool.utils.yamlfile import read_yaml
 
 
 def get_parser():

@@ -20,18 +20,19 @@ from pathlib import Path
 
 import torch
 
-from kdtool.bin.score import audio_seconds
 from kdtool.data.datadir import DataDir
 from kdtool.decode.maskctc import espnet_maskctc_greedy
 from kdtool.decode.runner import (METHODS, build_search, decode_dataset, hyp_text, resolve_decode_config,
                                   search_batch)
+from kdtool.errors import ConfigError
+from kdtool.features.frames import audio_seconds
 from kdtool.models.asr import subsampled_length
-from kdtool.models.build import ConfigError, read_yaml
 from kdtool.models.load import load_trained
-from kdtool.scoring.results import environment
 from kdtool.scoring.wer import score
 from kdtool.train.dataset import SpeechDataset, collate
 from kdtool.utils.atomic import atomic_open
+from kdtool.utils.environment import environment
+from kdtool.utils.yamlfile import read_yaml
 
 ENCODER = "encoder"
 # (method, options over its defaults); a model gets those its kind allows

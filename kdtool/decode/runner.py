@@ -30,12 +30,13 @@ from kdtool.decode.ar import ARBeamSearch
 from kdtool.decode.ctc import ctc_greedy_search
 from kdtool.decode.streaming import streaming_greedy
 from kdtool.decode.transducer import SEARCH_TYPES, TransducerBeamSearch, greedy_search
-from kdtool.models.build import ConfigError, read_yaml
+from kdtool.errors import ConfigError
 from kdtool.models.asr import subsampled_length
 from kdtool.models.load import load_trained, model_device, resolve_device
 from kdtool.train.dataset import SpeechDataset, collate
 from kdtool.utils.atomic import atomic_open, write_lines
 from kdtool.utils.files import file_sha256
+from kdtool.utils.yamlfile import read_yaml
 
 
 def _needs_ctc(model):

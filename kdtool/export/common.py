@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from kdtool.errors import KdtoolError
 from kdtool.tokens.tokenizer import BLANK, SOS_EOS, SPACE
 
 OPSET = 17  # what sherpa-onnx's own exports use; onnxruntime 1.31 runs it
@@ -17,7 +18,7 @@ SHERPA_SPACE = "\u2581"  # sherpa-onnx turns a token's leading U+2581 into a spa
 SHERPA_EOS = "</s>"  # one of the two symbols sherpa-onnx leaves out of its text (with SIL)
 
 
-class ExportError(ValueError):
+class ExportError(KdtoolError, ValueError):
     """An exp dir or export dir that cannot be exported or loaded; the message names the dir and what is wrong."""
 
 

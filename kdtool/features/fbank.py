@@ -15,6 +15,8 @@ from tqdm import tqdm
 from kdtool.data.audio import AudioError, load_audio
 from kdtool.data.datadir import DataDirError, read_table, write_table
 from kdtool.data.validate import validate_data_dir
+from kdtool.features.frames import FRAME_LENGTH_MS, FRAME_SHIFT_MS
+from kdtool.utils.jobs import check_jobs, job_slice
 from kdtool.utils.lock import hold_lock
 
 # The one definition of kdtool's features; every model, dump and export depends on it.
@@ -23,8 +25,8 @@ from kdtool.utils.lock import hold_lock
 # round(samples / 160)), mel bins from 20 Hz to Nyquist - 400 Hz, no dither (same input, same output).
 # Everything else is Kaldi's default: 25 ms Povey window, pre-emphasis 0.97, DC offset removed,
 # log of mel power floored at float epsilon. tests/test_features.py checks it against kaldi-native-fbank.
-FBANK_OPTS = dict(frame_length=25.0, frame_shift=10.0, dither=0.0, snip_edges=False, low_freq=20.0,
-                  high_freq=-400.0, energy_floor=0.0)
+FBANK_OPTS = dict(frame_length=FRAME_LENGTH_MS, frame_shift=FRAME_SHIFT_MS, dither=0.0, snip_edges=False,
+                  low_freq=20.0, high_freq=-400.0, energy_floor=0.0)
 
 
 def fbank(samples, sample_rate=16000, num_mel_bins=80):
@@ -32,22 +34,6 @@ def fbank(samples, sample_rate=16000, num_mel_bins=80):
     wav = torch.from_numpy(samples).unsqueeze(0)
     feats = kaldi.fbank(wav, num_mel_bins=num_mel_bins, sample_frequency=sample_rate, **FBANK_OPTS)
     return feats.numpy()
-
-
-def check_jobs(nj, job=None):
-    """Job options that cannot mean something else: nj >= 1, and job within 1..nj."""
-    if nj < 1:
-        raise ValueError(f"--nj {nj}: the number of jobs must be at least 1")
-    if job is not None and not 1 <= job <= nj:
-        raise ValueError(f"--job {job}: outside 1..{nj} (jobs are numbered from 1 to --nj)")
-
-
-def job_slice(items, job, nj):
-    """The job-th (1-based) of nj contiguous, nearly equal slices, so merged outputs stay sorted."""
-    if not 1 <= job <= nj:
-        raise ValueError(f"job {job} is outside 1..{nj}")
-    n = len(items)
-    return items[(job - 1) * n // nj: job * n // nj]
 
 
 def job_paths(out_dir, job):

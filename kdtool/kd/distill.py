@@ -61,18 +61,20 @@ from pathlib import Path
 
 import torch
 
+from kdtool.errors import ConfigError
 from kdtool.features.cmvn import load_cmvn, mean_std
 from kdtool.kd.distill_loss import DistillLoss, OnlineTeacher  # noqa: F401 (part of this module's API)
 from kdtool.kd.init import init_from_teacher
 from kdtool.kd.softlabels import SoftLabelError, tokens_sha256
-from kdtool.kd.terms import TERMS as TERM_TABLE, term_of_dump_type
 from kdtool.kd.teacher_data import DistillDataset, SoftLabelSet  # noqa: F401
-from kdtool.models.build import MODEL_KEYS, ConfigError, build_model, read_yaml
+from kdtool.kd.terms import TERMS as TERM_TABLE, term_of_dump_type
+from kdtool.models.build import MODEL_KEYS, build_model
 from kdtool.models.load import load_trained
 from kdtool.tokens import Tokenizer
 from kdtool.train.config import TRAIN_KEYS, config_source, model_part, read_config, resolve_config
 from kdtool.train.trainer import train
 from kdtool.utils.provenance import check_dumps
+from kdtool.utils.yamlfile import read_yaml
 
 TERMS = tuple(TERM_TABLE)  # the KD terms' names, in the order of the sum (kdtool.kd.terms)
 # kd_conf: the shared keys, each term's weight (only frame's on by default), then the terms' own keys

@@ -36,7 +36,6 @@ import torch
 from tqdm import tqdm
 
 from kdtool.data.datadir import DataDir
-from kdtool.features.fbank import job_slice
 from kdtool.kd.forward_backward import ctc_min_length, ctc_occupancies_batch
 from kdtool.kd.losses import soften
 from kdtool.kd.rnnt import teacher_lattice_posteriors, to_matrix
@@ -47,6 +46,7 @@ from kdtool.models.load import load_trained
 from kdtool.train.dataset import SpeechDataset, collate
 from kdtool.utils import provenance
 from kdtool.utils.atomic import atomic_open
+from kdtool.utils.jobs import job_slice
 
 
 def stats_path(out_dir, job):

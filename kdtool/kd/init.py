@@ -11,7 +11,7 @@
 """
 import torch
 
-from kdtool.models.build import ConfigError
+from kdtool.errors import ConfigError
 
 INIT_KEYS = ("first_n_blocks", "name_map", "slice_width")
 

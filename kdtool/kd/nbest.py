@@ -28,12 +28,12 @@ from tqdm import tqdm
 
 from kdtool.data.datadir import c_sorted
 from kdtool.decode.ar import ARBeamSearch
-from kdtool.features.fbank import job_slice
 from kdtool.kd.softlabels import SoftLabelError, index_by_utterance, tokens_sha256
 from kdtool.models.load import load_trained
 from kdtool.train.dataset import SpeechDataset, collate
 from kdtool.utils import provenance
 from kdtool.utils.atomic import atomic_open
+from kdtool.utils.jobs import job_slice
 
 FORMAT_VERSION = 1
 

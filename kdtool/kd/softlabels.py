@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from kdtool.data.datadir import c_sorted, read_table, write_table
+from kdtool.errors import KdtoolError
 from kdtool.utils.atomic import atomic_open
 from kdtool.utils.files import file_sha256
 
@@ -73,7 +74,7 @@ PROB_STEPS = 255  # top-k probabilities in 1/255 steps: one byte each
 COMPRESSED_BYTES = 6  # kaldiio compression_method kOneByteUnsignedInteger: "CM3", whole numbers 0..255 exact
 
 
-class SoftLabelError(ValueError):
+class SoftLabelError(KdtoolError, ValueError):
     """A soft-label dump that cannot be used; the message names the file (and utterance)."""
 
 

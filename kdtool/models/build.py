@@ -13,30 +13,13 @@
 Unknown keys, kinds or component names raise ConfigError before any training starts.
 """
 import inspect
-from pathlib import Path
 
-import yaml
-
+from kdtool.errors import ConfigError
 from kdtool.models.asr import EMBED_INITS, MODEL_CLASSES, ENCODERS, DECODERS
 
 MODEL_KEYS = {"model", "encoder", "encoder_conf", "decoder", "decoder_conf", "joint_net_conf", "specaug_conf",
               "model_conf"}
 DECODER_OF_KIND = {"ar": "transformer", "nar": "mlm", "transducer": "rnn", "ctc": None}
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file and the key."""
-
-
-def read_yaml(path, what="config"):
-    """A YAML file's content, or a ConfigError naming the file."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
 def _check_kwargs(what, cls, conf, skip=(), extra=()):

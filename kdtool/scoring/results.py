@@ -1,12 +1,8 @@
 """RESULTS.md from every score.json under an exp dir, in the style of ESPnet's RESULTS.md: the papers'
 table (one row per model and decoding method, see summary.py), the plots, the time of each stage, and
 every test set in detail; exp/results.json holds the table's rows."""
-import datetime
 import json
 import os
-import platform
-import subprocess
-from importlib import metadata
 from pathlib import Path
 
 from kdtool.scoring import compression
@@ -14,6 +10,7 @@ from kdtool.scoring.plots import plot_learning_curves, plot_wer_vs_params
 from kdtool.scoring.bootstrap import N_RESAMPLES
 from kdtool.scoring.summary import busy, mean_std, model_rows, seed_groups
 from kdtool.utils.atomic import atomic_open
+from kdtool.utils.environment import environment
 
 SUMMARY_COLUMNS = ("model", "kind", "decode", "params (M)", "size (MB)", "teacher", "compression (%)", "KD",
                    "dev WER", "test WER", "test CER", "RTF", "WER vs twin (rel. %)", "soft labels (B/frame)")
@@ -23,59 +20,6 @@ COMPARISON_COLUMNS = ("model", "decode", "against", "set", "WER", "WER against",
 AGAINST = {"twin": "twin", "greedy": "greedy decoding", "teacher": "teacher", "fp32": "ONNX fp32"}
 CER_CONVENTIONS = {"espnet": "CER counts each space between words as a `<space>` token (ESPnet's convention)",
                    "no_space": "CER leaves spaces out (kdtool's earlier convention)"}
-
-
-def _version(package):
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _git_commit():
-    """HEAD of the repository kdtool is run from, or None outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment():
-    """(name, value) pairs describing where the results were produced."""
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        ("date", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")),
-        ("python version", platform.python_version()),
-        ("pytorch version", _version("torch")),
-        ("espnet version", _version("espnet")),
-        ("kdtool version", _version("kdtool")),
-        ("git commit", _git_commit() or "unknown"),
-        ("CPU", _cpu_model()),
-        ("CPU threads", str(threads)),
-        # the vector instructions torch's kernels use (AVX2, AVX512): run times differ with them
-        ("CPU capability (torch)", _cpu_capability()),
-    ]
-
-
-def _cpu_capability():
-    try:
-        import torch
-        return torch.backends.cpu.get_cpu_capability()
-    except (ImportError, AttributeError):
-        return "unknown"
 
 
 def _fmt(value, spec, scale=1.0):

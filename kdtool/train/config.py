@@ -14,7 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from kdtool.models.build import MODEL_KEYS, ConfigError, read_yaml
+from kdtool.errors import ConfigError
+from kdtool.models.build import MODEL_KEYS
+from kdtool.utils.yamlfile import read_yaml
 
 TRAIN_DEFAULTS = {
     "max_epoch": 30,

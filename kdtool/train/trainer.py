@@ -25,16 +25,17 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProg
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from kdtool.errors import ConfigError
 from kdtool.features.cmvn import load_cmvn
-from kdtool.models import ConfigError, build_model, count_params, model_size_mb
+from kdtool.models import build_model, count_params, model_size_mb
 from kdtool.models.load import write_checksums
 from kdtool.tokens import Tokenizer
 from kdtool.train.config import model_part
 from kdtool.train.dataset import SpeechDataset, build_dataloader
-from kdtool.train.resume import PeriodicCheckpoint, ResumableLoader
 from kdtool.train.module import ASRTask
 from kdtool.train.plot import plot_learning_curve
 from kdtool.train.progress import LogLines
+from kdtool.train.resume import PeriodicCheckpoint, ResumableLoader
 from kdtool.train.sampler import BucketBatchSampler
 from kdtool.utils.atomic import atomic_open, atomic_path
 

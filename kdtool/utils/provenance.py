@@ -19,12 +19,13 @@ import json
 import logging
 from pathlib import Path
 
+from kdtool.errors import KdtoolError
 from kdtool.utils.files import file_sha256
 
 KEYS = ("teacher_sha256", "data", "feats_scp_sha256", "text_sha256")
 
 
-class StaleDumpError(ValueError):
+class StaleDumpError(KdtoolError, ValueError):
     """A dump that does not match its teacher or data; the message names the dump, both values and the fix."""
 
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import torch
 
+from kdtool.errors import ConfigError
 from kdtool.kd.softlabels import SoftLabelError
-from kdtool.models.build import ConfigError
 
 
 class Term:

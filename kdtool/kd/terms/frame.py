@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdtool.errors import ConfigError
 from kdtool.features.cmvn import mean_std
 from kdtool.kd.forward_backward import ctc_min_length, ctc_occupancies_batch
 from kdtool.kd.losses import hinton_kd_loss, pool_to_grid, soften
 from kdtool.kd.softlabels import FRAME_TYPES
 from kdtool.kd.terms.base import Term, fit
 from kdtool.models.asr import front_end
-from kdtool.models.build import ConfigError
 
 
 class OnlineTeacher:

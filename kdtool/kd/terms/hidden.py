@@ -11,9 +11,9 @@ every utterance. kd_conf::
 """
 import torch
 
+from kdtool.errors import ConfigError
 from kdtool.kd.terms.base import Term
 from kdtool.models.asr import front_end
-from kdtool.models.build import ConfigError
 
 LOSSES = ("l2", "cosine")
 

@@ -2,9 +2,9 @@
 distributions (kdtool.kd.rnnt); transducer students, transcribed utterances."""
 import torch
 
+from kdtool.errors import ConfigError
 from kdtool.kd.rnnt import lattice_kl, lattice_mask, lattice_occupancy, pad_lattices
 from kdtool.kd.terms.base import Term, targets
-from kdtool.models.build import ConfigError
 
 
 class LatticeTerm(Term):

@@ -5,10 +5,10 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from kdtool.errors import ConfigError
 from kdtool.kd.nbest import NBestSet, nbest_weights
 from kdtool.kd.terms.base import Term
 from kdtool.models.asr import IGNORE_ID
-from kdtool.models.build import ConfigError
 
 
 class SeqTerm(Term):
