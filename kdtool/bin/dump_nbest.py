@@ -13,9 +13,8 @@ made with these options from the teacher's current weights and the data's curren
 with the reason (stage 4 then redoes it).
 """
 import argparse
-import sys
 
-from kdtool.bin._common import run_main
+from kdtool.bin._common import dump_jobs_and_check, run_main
 from kdtool.utils import provenance
 
 
@@ -44,14 +43,8 @@ def main():
     args = parser.parse_args()
     if args.nj < 1 or args.batch_size < 1 or args.num_threads < 1:
         parser.error("--nj, --batch_size and --num_threads must be 1 or more")
-    if args.job is None and not args.merge and not args.check and args.nj > 1:
-        parser.error(f"--nj {args.nj} needs --job (one of the jobs) or --merge")
-    if args.check:  # before importing torch: kd.sh runs this for every dump
-        why = provenance.check_up_to_date(args.out_dir, "nbest.json", "nbest.jsonl",
-                                          provenance.nbest_options(args.nbest, args.beam_size, args.ctc_weight),
-                                          args.teacher, args.data)
-        print(f"{args.out_dir}: {why or 'up to date'}")
-        sys.exit(1 if why else 0)
+    dump_jobs_and_check(parser, args, "nbest.json", "nbest.jsonl",
+                        provenance.nbest_options(args.nbest, args.beam_size, args.ctc_weight))
     from kdtool.kd.nbest import dump_nbest_job, merge_nbest
     from kdtool.models.load import resolve_device
     if not args.merge:

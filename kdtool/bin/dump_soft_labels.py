@@ -25,9 +25,8 @@ current features (and transcripts, for the types that read them), else exit 1 wi
 (stage 4 then redoes it).
 """
 import argparse
-import sys
 
-from kdtool.bin._common import run_main
+from kdtool.bin._common import dump_jobs_and_check, run_main
 from kdtool.utils import provenance
 
 TYPES = ("frame_posteriors", "fb_posteriors", "token_posteriors", "rnnt_lattice")  # kdtool.kd.softlabels.TYPES
@@ -74,14 +73,8 @@ def main():
         parser.error(f"--temperature must be positive, not {args.temperature}")
     if args.batch_size < 1 or args.num_threads < 1:
         parser.error("--batch_size and --num_threads must be 1 or more")
-    if args.job is None and not args.merge and not args.check and args.nj > 1:
-        parser.error(f"--nj {args.nj} needs --job (one of the jobs) or --merge")
-    if args.check:  # before importing torch: kd.sh runs this for every dump
-        why = provenance.check_up_to_date(args.out_dir, "soft_labels.json", "dump_info.json",
-                                          provenance.soft_label_options(args.type, args.topk, args.temperature),
-                                          args.teacher, args.data)
-        print(f"{args.out_dir}: {why or 'up to date'}")
-        sys.exit(1 if why else 0)
+    dump_jobs_and_check(parser, args, "soft_labels.json", "dump_info.json",
+                        provenance.soft_label_options(args.type, args.topk, args.temperature))
     from kdtool.kd.dump import dump_job, merge_dump
     from kdtool.models.load import resolve_device
     if args.merge:
