@@ -35,7 +35,7 @@ from kdtool.export.onnx_transducer import EncoderChunkGraph, JointGraph, Predict
 from kdtool.export.quantize import quantize
 from kdtool.features.cmvn import mean_std
 from kdtool.features.fbank import FBANK_OPTS
-from kdtool.models.asr import subsampling_factor
+from kdtool.models.asr import front_end, subsampling_factor
 from kdtool.models.load import load_trained
 from kdtool.utils.atomic import atomic_open
 from kdtool.utils.files import file_sha256
@@ -95,9 +95,7 @@ def base_metadata(trained):
             "mask_id": str(model.mask_token), "feature_dim": str(trained.cmvn.shape[1] - 1),
             "subsampling_factor": str(subsampling_factor(model)), "cmvn": "global, inside the graph",
             # (kernel, stride) of each subsampling convolution: a runtime's output-length arithmetic
-            "subsampling_convs": json.dumps([[m.kernel_size[0], m.stride[0]]
-                                             for m in getattr(model.encoder.embed, "conv", [])
-                                             if isinstance(m, torch.nn.Conv2d)]),
+            "subsampling_convs": json.dumps([list(c) for c in front_end(model)]),
             "fbank": json.dumps({**FBANK_OPTS, "sample_rate": 16000, "audio": "[-1, 1]"})}
 
 

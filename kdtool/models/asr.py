@@ -18,10 +18,14 @@ from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
 from espnet2.asr.specaug.specaug import SpecAug
 from espnet2.asr_transducer.joint_network import JointNetwork
 
+from kdtool.models.classic import DNNEncoder, RNNEncoder
 from kdtool.models.streaming import StreamingConformerEncoder
 
 ENCODERS = {"conformer": ConformerEncoder, "transformer": TransformerEncoder,
-            "streaming_conformer": StreamingConformerEncoder}
+            "streaming_conformer": StreamingConformerEncoder, "rnn": RNNEncoder, "dnn": DNNEncoder}
+# espnet's own encoders, which kdtool fixes up (narrow_subsampling, _exact_padding); the others take
+# subsampling_channels themselves and compute exact lengths
+ESPNET_ENCODERS = ("conformer", "transformer")
 # espnet's own defaults keep legacy positional encodings and no macaron/conv module; these are
 # what its Conformer recipes set. flash attention is not installed (nor needed on CPU).
 ENCODER_DEFAULTS = {
@@ -29,7 +33,7 @@ ENCODER_DEFAULTS = {
                       rel_pos_type="latest", macaron_style=True, use_cnn_module=True, cnn_module_kernel=15,
                       activation_type="swish"),
     "transformer": dict(use_flash_attn=False),
-    "streaming_conformer": {},  # its own constructor's defaults
+    "streaming_conformer": {}, "rnn": {}, "dnn": {},  # their own constructors' defaults
 }
 DECODERS = {"transformer": TransformerDecoder, "mlm": MLMDecoder, "rnn": TransducerDecoder}
 IGNORE_ID = -1
@@ -48,9 +52,9 @@ class ASRModel(torch.nn.Module):
         self.blank, self.sos, self.eos, self.mask_token = 0, vocab_size - 2, vocab_size - 2, vocab_size - 1
         self.specaug = SpecAug(**specaug_conf) if specaug_conf else None
         encoder_conf = {**ENCODER_DEFAULTS[encoder], **encoder_conf}
-        channels = encoder_conf.pop("subsampling_channels", None) if encoder != "streaming_conformer" else None
+        channels = encoder_conf.pop("subsampling_channels", None) if encoder in ESPNET_ENCODERS else None
         self.encoder = ENCODERS[encoder](input_size=input_size, **encoder_conf)
-        if encoder != "streaming_conformer":  # that one computes exact lengths itself
+        if encoder in ESPNET_ENCODERS:
             if channels:
                 narrow_subsampling(self.encoder.embed, channels)
             _exact_padding(self.encoder)
@@ -323,16 +327,16 @@ def _exact_padding(encoder):
 
 def subsampled_length(model, n_frames):
     """Encoder output frames for an input of ``n_frames`` (no padding)."""
-    for conv in [m for m in getattr(model.encoder.embed, "conv", []) if isinstance(m, torch.nn.Conv2d)]:
-        n_frames = (n_frames - conv.kernel_size[0]) // conv.stride[0] + 1
+    for kernel, stride in front_end(model):
+        n_frames = (n_frames - kernel) // stride + 1
     return n_frames
 
 
 def front_end(model):
-    """The (kernel, stride) along time of each convolution of the encoder's front-end: where its frames lie
-    (kdtool.kd.losses.frame_grid); () without a conv front-end."""
+    """The (kernel, stride) along time of each convolution of the encoder's front-end (2-D, or the dnn
+    encoder's 1-D): where its frames lie (kdtool.kd.losses.frame_grid); () without a conv front-end."""
     return tuple((m.kernel_size[0], m.stride[0]) for m in getattr(model.encoder.embed, "conv", [])
-                 if isinstance(m, torch.nn.Conv2d))
+                 if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)))
 
 
 def subsampling_factor(model, n=100000):
