@@ -119,5 +119,7 @@ def test_train_cli_saves_the_resolved_config_and_refuses_a_bad_override(tiny_fea
     saved = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
     assert saved["max_epoch"] == 1 and saved["optim_conf"]["lr"] == 0.001 and "base" not in saved
     assert saved["encoder_conf"] == {"output_size": 32, "attention_heads": 2, "linear_units": 48, "num_blocks": 1}
-    assert json.loads((tmp_path / "exp" / "model_info.json").read_text())["overrides"] == ["max_epoch=1",
-                                                                                          "optim_conf.lr=0.001"]
+    info = json.loads((tmp_path / "exp" / "model_info.json").read_text())
+    assert info["overrides"] == ["max_epoch=1", "optim_conf.lr=0.001"] and info["config"] == str(child)
+    # the record stage 7 reads: a model trained by stage 3 has no twin and no teacher; the config's seed
+    assert (info["twin_config"], info["teacher"], info["seed"], info["seed_option"]) == (None, None, 0, None)

@@ -13,12 +13,13 @@ loss = (1 - alpha) * supervised + alpha * (weighted frame-, token-, sequence- an
 terms); an untranscribed utterance (a set without text) learns from the teacher alone. alpha, T,
 the terms' weights, online mode and initialisation from the teacher are in the config's kd_conf /
 init_conf (documented in kdtool/kd/distill.py). Same trainer as stage 3: DDP flags, resume after a
-kill, checkpoint averaging.
+kill, checkpoint averaging. model_info.json records the config, its twin's (kdtool.kd.distill.twin_config),
+the seed and the teacher: what the results table reads.
 """
 from kdtool.bin._common import command_line, run_main
 from kdtool.bin.train import devices, model_checked, with_seed
 from kdtool.bin.train import get_parser as train_parser
-from kdtool.kd.distill import distill, load_student_config
+from kdtool.kd.distill import distill, load_student_config, twin_config
 
 
 def get_parser():
@@ -41,7 +42,8 @@ def main():
             soft_label_dir=args.soft_label_dir, untrans_dirs=args.untrans_data, devices=devices(args),
             num_nodes=args.num_nodes, accelerator=args.accelerator,
             extra_info={"config": args.config, "overrides": args.overrides,
-                        "command": command_line("kdtool.bin.distill")})
+                        "twin_config": twin_config(args.config, args.overrides), "seed": config["seed"],
+                        "seed_option": args.seed, "command": command_line("kdtool.bin.distill")})
 
 
 if __name__ == "__main__":

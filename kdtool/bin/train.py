@@ -67,8 +67,8 @@ def main():
     config = model_checked(with_seed(load_config(args.config, args.overrides), args.seed), args)
     train(config, args.exp_dir, args.train_data, args.valid_data, args.token_list, args.cmvn,
           devices=devices(args), num_nodes=args.num_nodes, accelerator=args.accelerator,
-          extra_info={"config": args.config, "overrides": args.overrides,
-                      "command": command_line("kdtool.bin.train")},
+          extra_info={"config": args.config, "overrides": args.overrides, "twin_config": None, "teacher": None,
+                      "seed": config["seed"], "seed_option": args.seed, "command": command_line("kdtool.bin.train")},
           checkpoint_minutes=args.checkpoint_minutes)
 
 

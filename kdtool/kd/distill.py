@@ -55,8 +55,14 @@ The student config is a training config (kdtool.train.config) plus::
       first_n_blocks: 4       # embed + the first N encoder blocks (+ CTC head if it fits), or
       name_map: {encoder.embed: encoder.embed}   # student prefix -> teacher prefix, or
       slice_width: true       # every parameter cut to the student's width (see kdtool.kd.init)
+    twin: train_x.yaml        # optional: the twin, this student trained without KD (see twin_config)
+
+Stage 5 records in the exp dir's model_info.json what the results table reads (kdtool.scoring.summary):
+the config (as given), its twin's config (``twin_config``), the seed used and the ``--seed`` given
+(``seed_option``) and the teacher dir.
 """
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -71,7 +77,7 @@ from kdtool.kd.terms import TERMS as TERM_TABLE, term_of_dump_type
 from kdtool.models.build import MODEL_KEYS, build_model
 from kdtool.models.load import load_trained
 from kdtool.tokens import Tokenizer
-from kdtool.train.config import TRAIN_KEYS, config_source, model_part, read_config, resolve_config
+from kdtool.train.config import TRAIN_KEYS, config_chain, config_source, model_part, read_config, resolve_config
 from kdtool.train.trainer import train
 from kdtool.utils.provenance import check_dumps
 from kdtool.utils.yamlfile import read_yaml
@@ -119,6 +125,54 @@ def load_student_config(path, overrides=()):
     config["kd_conf"] = resolve_kd_conf(kd, source=source)
     config["init_conf"] = init
     return config
+
+
+def _differing_keys(student, twin):
+    """The keys of two resolved configs that differ besides kd_conf (the same frames per update split
+    otherwise, batch_frames x accum_grad, count as the same)."""
+    keys = sorted(k for k in set(student) | set(twin) if k != "kd_conf" and student.get(k) != twin.get(k))
+    if keys == ["accum_grad", "batch_frames"] and (student["batch_frames"] * student["accum_grad"]
+                                                   == twin["batch_frames"] * twin["accum_grad"]):
+        return []
+    return keys
+
+
+def twin_config(path, overrides=()):
+    """The config of this student's twin (the same student trained without KD), named as ``path`` is (a
+    relative path stays relative); None for a student that trains without KD itself, or has no twin.
+
+    The twin is the nearest of: a ``twin: <file>`` in the config or in a config up its ``base:`` chain
+    (relative to the file that names it), or a config up the chain that trains without KD (a KD student
+    written as ``base: <twin>`` plus kd_conf needs nothing more). The twin, with the same ``overrides``,
+    must train without KD and differ from the student in kd_conf only: a ``twin:`` of the config itself
+    that does not is a ConfigError; an inherited or derived one is logged and left out (a tuning file on a
+    KD student, with another architecture, has no twin on record)."""
+    student = load_student_config(path, overrides)
+    if not active_terms(student["kd_conf"]):
+        return None
+    chain = config_chain(path)
+    for depth, (file, raw) in enumerate(chain):
+        if raw.get("twin") is not None:
+            if not isinstance(raw["twin"], str) or not (file.parent / raw["twin"]).is_file():
+                raise ConfigError(f"{file}: twin: {raw['twin']!r} is not a config file relative to {file.parent}")
+            candidate, named = file.parent / raw["twin"], depth == 0
+            break
+        if depth and not active_terms(load_student_config(file, overrides)["kd_conf"]):
+            candidate, named = file, False
+            break
+    else:
+        return None
+    twin = load_student_config(candidate, overrides)
+    differ = _differing_keys(student, twin)
+    problem = ("trains with KD" if active_terms(twin["kd_conf"])
+               else f"differs from it in {differ}, not only in kd_conf" if differ else None)
+    if problem is None:
+        return os.path.normpath(candidate)
+    message = f"{config_source(path, overrides)}: its twin {os.path.normpath(candidate)} {problem}"
+    if named:
+        raise ConfigError(f"{message}; name the same student without KD, or remove twin:")
+    logging.warning("%s; no twin recorded (name one with twin: in %s)", message, path)
+    return None
 
 
 def dump_term(dump_dir):

@@ -11,9 +11,19 @@ comparisons: every paired bootstrap of the row (against its twin, the greedy dec
 its teacher, an int8 export's decode its fp32 one; on each set both were decoded on); backend (torch, onnx,
 onnx_int8), base_decode (the PyTorch decode's name), disk_mb and int8_worse_than_fp32 (compression.py).
 
-Seeds: an exp dir named <model>_seed<N> (kd.sh --student_seeds) is one run of <model>; its row has
-model and seed, its twin is the twin's run of the same seed, and the rows of several seeds also get the
-comparisons on their pooled utterances (pooled_seeds), which RESULTS.md shows.
+Relations come from the records stage 3 and 5 write into each exp dir's model_info.json, never from
+the dirs' names: ``config`` (the config file, as given), ``twin_config`` (its twin's config, see
+kdtool.kd.distill.twin_config), ``seed`` and ``seed_option`` (the ``--seed`` given, null: the config's),
+``teacher`` and ``kd_terms``. A KD row's twin is the exp dir whose record has that config (and the same
+``--set`` overrides), decoded the same way, its run of the same seed_option (else its only run without
+one). A run of kd.sh --student_seeds has model (its name without ``_seed<seed_option>``) and seed; the
+rows of several seeds also get the comparisons on their pooled utterances (pooled_seeds), which
+RESULTS.md shows.
+
+An exp dir trained before the record (no twin_config and seed_option in model_info.json) is named in
+a warning and read as kdtool read every dir before: its seed from a name <model>_seed<N>, its twin the
+KD-free row of the same kind, size and decoding sharing the longest name prefix. Retraining it writes the
+record; so does adding the keys to its model_info.json by hand.
 """
 import json
 import logging
@@ -55,28 +65,47 @@ def _bytes_per_frame(config):
     return None
 
 
-def _config_path(model_dir, info):
-    """The config the model was trained from: recorded by stage 3/5, else the recipe's naming rule."""
-    if info.get("config"):
-        return info["config"]
-    guess = Path("conf") / f"train_{model_dir.name}.yaml"
-    return str(guess) if guess.is_file() else None
-
-
 def _scores(model_dir):
     """{decode method: {test set: (score.json, decode dir)}} for one model dir."""
     out = {}
     for path in sorted(model_dir.glob("decode_*/score.json")):
         s = _read_json(path)
-        test_set = s.get("test_set") or path.parent.name.rsplit("_", 1)[-1]
+        test_set = s.get("test_set") or (Path(s["ref_dir"]).name if s.get("ref_dir") else None)
+        if not test_set:  # kdtool.bin.score writes both; the dir's name cannot tell test_unseen from unseen
+            raise ValueError(f"{path}: no test_set or ref_dir (not written by kdtool.bin.score); score it again: "
+                             f"python -m kdtool.bin.score --ref <data dir> {path.parent}")
         out.setdefault(s.get("method") or path.parent.name, {})[test_set] = (s, path.parent)
     return out
 
 
+RECORD_KEYS = ("twin_config", "seed_option")  # what stage 3/5 record beyond what older exp dirs have
+
+
 def split_seed(name):
-    """(model, seed) of an exp dir name: nar_student_seed2 -> (nar_student, 2); (name, None) without a seed."""
+    """(model, seed) of an exp dir name: nar_student_seed2 -> (nar_student, 2); (name, None) without a seed.
+    Only for exp dirs without a record (see the module's docstring)."""
     m = re.fullmatch(r"(.+)_seed(\d+)", name)
     return (m.group(1), int(m.group(2))) if m else (name, None)
+
+
+def run_record(model_dir, info):
+    """What the results table needs to know of a run, from its model_info.json: config, overrides,
+    twin_config, model (the name without its seed suffix), seed (the --seed given) and whether this came
+    from a record (else from the dir's name, for an exp dir trained before the record)."""
+    recorded = all(k in info for k in RECORD_KEYS)
+    if recorded:
+        seed, model = info["seed_option"], model_dir.name
+        if seed is not None and model.endswith(f"_seed{seed}"):  # kd.sh --student_seeds: one model, several runs
+            model = model[:-len(f"_seed{seed}")]
+    else:
+        model, seed = split_seed(model_dir.name)
+    return {"config": info.get("config"), "overrides": list(info.get("overrides") or []),
+            "twin_config": info.get("twin_config"), "model": model, "seed": seed, "recorded": recorded}
+
+
+def _same_file(a, b):
+    """Whether two recorded config paths name one file (both relative to the recipe dir, as kd.sh runs)."""
+    return os.path.normpath(a) == os.path.normpath(b) or Path(a).resolve() == Path(b).resolve()
 
 
 def busy(score):
@@ -86,9 +115,34 @@ def busy(score):
     return bool(load and cpus and max(load) > cpus)
 
 
-def _twin(row, rows):
-    """The same student trained without KD: a KD-free row of the same kind, size and decoding method
-    (the model sharing the longest name prefix when several match), its run of the same seed."""
+def _recorded_twin(row, rows, records, warned):
+    """The row's twin from the records: the run of the recorded twin config (same overrides, same
+    decoding) of the same seed; None (logged once per model, ``warned``) when that config has no scored
+    exp dir."""
+    rec = records[row["name"]]
+    if not row["kd"] or not rec["twin_config"]:
+        return None
+    of_twin = [r for r in rows if records[r["name"]]["config"]
+               and _same_file(records[r["name"]]["config"], rec["twin_config"])]
+    same = [r for r in of_twin if records[r["name"]]["overrides"] == rec["overrides"] and r["decode"] == row["decode"]]
+    if not of_twin and row["name"] not in warned:
+        warned.add(row["name"])
+        logging.warning("%s: its twin %s (twin_config in model_info.json) has no scored exp dir: its row has no "
+                        "twin; train the twin in stage 5 (student_configs) and decode it", row["name"],
+                        rec["twin_config"])
+    paired = {r["name"] for r in same if r["seed"] == row["seed"]}
+    if len(paired) > 1 and row["name"] not in warned:
+        warned.add(row["name"])
+        logging.warning("%s: several exp dirs trained its twin %s with seed %s (%s): the first is its twin",
+                        row["name"], rec["twin_config"], row["seed"], ", ".join(sorted(paired)))
+    run = _same_seed(row, sorted(same, key=lambda r: r["name"])) if same else None
+    return run["name"] if run else None
+
+
+def _named_twin(row, rows):
+    """The twin of a row without a record, guessed as kdtool did before the record: a KD-free row of the
+    same kind, size and decoding method (the model sharing the longest name prefix when several match),
+    its run of the same seed."""
     if not row["kd"]:
         return None
     same = [r for r in rows if not r["kd"] and r["teacher"] is None and r["kind"] == row["kind"]
@@ -138,7 +192,7 @@ def _rel(value, base):
 
 def model_rows(exp_dir, dev_set, test_set):
     """Every scored model under ``exp_dir`` as results.json rows, teachers before their students."""
-    rows = []
+    rows, records = [], {}
     for info_path in sorted(Path(exp_dir).glob("*/model_info.json")):
         model_dir = info_path.parent
         info = _read_json(info_path)
@@ -147,7 +201,8 @@ def model_rows(exp_dir, dev_set, test_set):
         kd_terms = info.get("kd_terms") or []
         teacher = info.get("teacher") if kd_terms else None  # a twin is trained by stage 5 too, without KD
         kd_conf = config.get("kd_conf") or {}
-        model, seed = split_seed(model_dir.name)
+        records[model_dir.name] = record = run_record(model_dir, info)
+        model, seed = record["model"], record["seed"]
         disk_mb = compression.disk_mb(model_dir)
         for decode, by_set in sorted(_scores(model_dir).items()):
             dev, test = by_set.get(dev_set, ({},))[0], by_set.get(test_set, ({},))[0]
@@ -163,13 +218,19 @@ def model_rows(exp_dir, dev_set, test_set):
                 "base_decode": compression.base_decode(decode, backend), "disk_mb": disk_mb, "dev_wer": dev.get("wer"), "test_wer": test.get("wer"),
                 "test_cer": test.get("cer"), "rtf": test.get("rtf"), "rtf_busy": busy(test),
                 "soft_label_bytes_per_frame": _bytes_per_frame(config) if teacher else None,
-                "config": _config_path(model_dir, info), "command": info.get("command"),
+                "config": record["config"], "command": info.get("command"),
                 "compression_pct": None, "dev_wer_rel_pct": None, "test_wer_rel_pct": None,
                 "decode_dirs": {x: str(d) for x, (_, d) in sorted(by_set.items())},
             })
-    by_name = {r["name"]: r for r in rows}
+    unrecorded = sorted(name for name, rec in records.items() if not rec["recorded"])
+    if unrecorded:
+        logging.warning("%s: model_info.json has no record of the twin and seed (%s; trained before kdtool wrote "
+                        "them): their seeds and twins are guessed from the exp dir names; retrain them to record "
+                        "them", ", ".join(str(Path(exp_dir) / n) for n in unrecorded), ", ".join(RECORD_KEYS))
+    by_name, warned = {r["name"]: r for r in rows}, set()
     for row in rows:
-        row["twin"] = _twin(row, rows)
+        recorded = records[row["name"]]["recorded"]
+        row["twin"] = _recorded_twin(row, rows, records, warned) if recorded else _named_twin(row, rows)
     for row in rows:
         teacher = by_name.get(row["teacher"])
         if teacher and row["params"] and teacher["params"]:
@@ -190,7 +251,7 @@ def model_rows(exp_dir, dev_set, test_set):
     for row in rows:
         if row["twin"]:
             family[row["twin"]] = family[row["name"]]
-    return sorted(rows, key=lambda r: _order(r, by_name[family[r["name"]]]))
+    return sorted(rows, key=lambda r: _order(r, by_name[family[r["name"]]], by_name))
 
 
 def _root(row, by_name):
@@ -206,12 +267,13 @@ def _kind_index(kind):
     return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
 
 
-def _order(row, root):
+def _order(row, root, by_name):
     # a family together (the AR teacher, its NAR and CTC students; the transducer and its chain), the
     # teacher first, bigger students first, a twin before its distilled versions, a model's seeds together
+    twin = by_name.get(row["twin"])
     return (_kind_index(root["kind"]), root["name"], row["name"] != root["name"], _kind_index(row["kind"]),
-            -(row["params"] or 0), row["model"].split("_kd")[0], bool(row["kd"]), row["model"], row["decode"],
-            row["seed"] or 0)
+            -(row["params"] or 0), twin["model"] if twin else row["model"], bool(row["kd"]), row["model"],
+            row["decode"], row["seed"] or 0)
 
 
 def _against(row, rows):

@@ -8,6 +8,8 @@ have a base of its own) and the keys given here override it; mappings merge key 
 (a list, a number) replaces. A run overrides keys again with ``KEY=VALUE`` items (``--set`` of
 kdtool.bin.train / distill): dotted keys into mappings, the value parsed as YAML
 (``kd_conf.alpha=0.3``, ``max_epoch=5``, ``specaug_conf.freq_mask_width_range=[0,10]``).
+A KD student's config may also name its twin, ``twin: <file, relative to this config's dir>``: not a
+training key (kdtool.kd.distill.twin_config reads it; stage 5 records it).
 """
 import copy
 from pathlib import Path
@@ -70,24 +72,38 @@ def merge(base, over):
     return out
 
 
-def _read_inherited(path, chain=()):
-    """The YAML at ``path`` merged over its ``base:`` chain; a missing base or a cycle is a ConfigError."""
-    raw = read_yaml(path, "config file")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys to values")
-    base = raw.pop("base", None)
-    if base is None:
-        return raw
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: base: expected a config file name relative to {path.parent}, not {base!r}")
-    base_path = path.parent / base
-    seen = chain + (path.resolve(),)
-    if base_path.resolve() in seen:
-        cycle = " -> ".join(str(p) for p in seen + (base_path.resolve(),))
-        raise ConfigError(f"{path}: base: {base} forms a cycle ({cycle}); one of them must not name a base")
-    if not base_path.is_file():
-        raise ConfigError(f"{path}: base: {base_path} does not exist (a base is relative to the config's own dir)")
-    return merge(_read_inherited(base_path, seen), raw)
+def config_chain(path):
+    """[(file, its own keys)] from ``path`` up its ``base:`` chain, ``base`` left out (a file's ``twin:``
+    stays: kdtool.kd.distill.twin_config reads it); a missing base or a cycle is a ConfigError."""
+    path, chain, seen = Path(path), [], ()
+    while True:
+        raw = read_yaml(path, "config file")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+        raw = dict(raw)
+        base = raw.pop("base", None)
+        chain.append((path, raw))
+        if base is None:
+            return chain
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: base: expected a config file name relative to {path.parent}, not {base!r}")
+        base_path = path.parent / base
+        seen += (path.resolve(),)
+        if base_path.resolve() in seen:
+            cycle = " -> ".join(str(p) for p in seen + (base_path.resolve(),))
+            raise ConfigError(f"{path}: base: {base} forms a cycle ({cycle}); one of them must not name a base")
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base: {base_path} does not exist (a base is relative to the config's own dir)")
+        path = base_path
+
+
+def _read_inherited(path):
+    """The YAML at ``path`` merged over its ``base:`` chain. ``twin:`` names a file's twin and is not a key
+    of the config (nor inherited as one)."""
+    config = {}
+    for _, raw in reversed(config_chain(path)):
+        config = merge(config, {k: v for k, v in raw.items() if k != "twin"})
+    return config
 
 
 def apply_override(config, item, source, known):

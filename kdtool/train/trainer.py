@@ -5,7 +5,9 @@
     exp/<name>/cmvn.ark           feature normalization the model expects
     exp/<name>/checkpoints/       the N best epochs by validation loss, and last.ckpt (resume point)
     exp/<name>/model.pth          weights averaged over the N best epochs: what later stages load
-    exp/<name>/model_info.json    kind, params, size, vocabulary, which epochs were averaged
+    exp/<name>/model_info.json    kind, params, size, vocabulary, which epochs were averaged, and the
+                                  run's record (kdtool.bin.train / distill): config, overrides, twin_config,
+                                  seed, seed_option, teacher, command
     exp/<name>/tensorboard/, csv/version_<run>/metrics.csv, learning_curve.png
 
 A rerun resumes from checkpoints/last.ckpt; a finished run is left as it is.

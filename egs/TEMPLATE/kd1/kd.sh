@@ -54,7 +54,9 @@ nbest_beam=10
 nbest_untrans=true      # N-best lists on untrans_set too (only students that learn sequence-level KD from the pool need them)
 soft_label_dir=""       # stage 4 writes <soft_label_dir>/<type>_<set> (default: ${kd_teacher}/soft_labels)
 # Stage 5: students; each config's kd_conf names the KD terms and the dumps it learns from
-student_configs=""      # student configs (model + training + kd_conf), space separated
+student_configs=""      # student configs (model + training + kd_conf), space separated; list each KD student's
+                        # twin too (its KD-free base:, or its twin:): RESULTS.md compares them as recorded in
+                        # exp/<name>/model_info.json (twin_config, seed, teacher)
 student_args=""         # config overrides for every stage-5 training (students, chain links), as teacher_args:
                         # --student_args "kd_conf.alpha=0.3 max_epoch=5"; exp/<name>/config.yaml has the result
 student_seeds=""        # train each student config once per seed ("1 2 3": exp/<name>_seed1 ..., the config's seed
