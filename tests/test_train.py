@@ -282,3 +282,21 @@ def test_a_run_killed_inside_an_epoch_resumes_there_and_ends_where_an_uninterrup
     clean, resumed = torch.load(tmp_path / "clean" / "model.pth"), torch.load(tmp_path / "killed" / "model.pth")
     for k in clean:
         torch.testing.assert_close(resumed[k], clean[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_run_carried_elsewhere_as_last_ckpt_alone_averages_the_checkpoints_it_has(tiny_features, tmp_path):
+    """A long training carried to another machine with its resume point only (the shipped teachers':
+    egs/mini_en/kd1/local/teachers_in_training.sh) has a record of best epochs whose files stayed behind."""
+    cfg = {**KINDS["ctc"], **TRAINING}
+    run_train(cfg, tmp_path / "a", tiny_features)
+    carried = tmp_path / "b"
+    (carried / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "cmvn.ark", "tokens"):
+        (shutil.copytree if name == "tokens" else shutil.copy2)(tmp_path / "a" / name, carried / name)
+    shutil.copy2(tmp_path / "a" / "checkpoints" / "last.ckpt", carried / "checkpoints" / "last.ckpt")
+    info = run_train(cfg, carried, tiny_features)
+    assert list(info["averaged"]) == ["last.ckpt"]
+    last = torch.load(carried / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    model = torch.load(carried / "model.pth")
+    for k, v in model.items():
+        torch.testing.assert_close(v, last[f"model.{k}"], msg=k)

@@ -160,12 +160,21 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
 
     # [:k]: checkpoints copied in from a run with a larger keep_nbest_models stay on record
     best = sorted(ckpt.best_k_models.items(), key=lambda kv: float(kv[1]))[:config["keep_nbest_models"]]
+    # a run resumed elsewhere from last.ckpt alone (a long training carried between machines) has the record
+    # of best epochs whose files stayed behind, or none: average those still here, else take last.ckpt
+    gone = [Path(p).name for p, _ in best if not Path(p).exists()]
+    best = [(p, v) for p, v in best if Path(p).exists()]
+    if gone or not best:
+        logging.warning("%s: best checkpoints %s are not on disk (the run was resumed from last.ckpt elsewhere); "
+                        "averaging %s", exp, ", ".join(gone) or "(none on record)",
+                        ", ".join(Path(p).name for p, _ in best) or "nothing: model.pth is last.ckpt's weights")
+        best = best or [(str(last), float(ckpt.current_score) if ckpt.current_score is not None else float("nan"))]
     torch.save(average_checkpoints([p for p, _ in best]), exp / "model.pth.tmp")
     Path(exp / "model.pth.tmp").replace(exp / "model.pth")
     write_checksums(exp)  # checked by every later load: a token list edited in place is named, not used
     info = {"kind": model.kind, "params": count_params(model), "size_mb": round(model_size_mb(model), 3),
             "vocab_size": len(tokenizer), "input_size": int(cmvn.shape[1] - 1),
-            "averaged": {Path(p).name: round(float(v), 4) for p, v in best},
+            "averaged": {Path(p).name: round(float(v), 4) if v == v else None for p, v in best},
             "epochs": trainer.current_epoch, "precision": precision, "train_minutes_this_run": round((time.time() - start) / 60, 2),
             **(extra_info or {})}
     with atomic_open(exp / "model_info.json") as f:
