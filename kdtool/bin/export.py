@@ -5,7 +5,9 @@ sherpa-onnx reads:
 
 ctc, nar (Mask-CTC) and ar models: model.onnx (raw fbank -> CTC log-probs, CMVN inside; sherpa-onnx
 loads it with OfflineRecognizer.from_zipformer_ctc), and for nar mlm_decoder.onnx; streaming
-transducers: encoder.onnx (a chunk step with its caches), decoder.onnx, joiner.onnx. Each graph is
+transducers: encoder.onnx (a chunk step with its caches), decoder.onnx, joiner.onnx, in kdtool's layout
+(LSTM prediction network) or, for a model trained with ``decoder: stateless``, in sherpa-onnx's
+(OnlineRecognizer.from_transducer; --layout). Each graph is
 checked against PyTorch before the dir is written; export_info.json records the checks, what int8
 quantized, sizes and sha256. Decode the export with ``python -m kdtool.bin.decode --backend onnx``
 (or onnx_int8). See kdtool/export/exporter.py.
@@ -15,7 +17,7 @@ import json
 from pathlib import Path
 
 from kdtool.bin._common import run_main
-from kdtool.export.exporter import DEFAULT_CHUNK_SIZE, export_model
+from kdtool.export.exporter import DEFAULT_CHUNK_SIZE, LAYOUTS, export_model
 from kdtool.utils.files import file_sha256
 
 
@@ -28,7 +30,12 @@ def get_parser():
                    help="streaming transducer: encoder frames of left context the chunk step keeps (default: "
                         "num_left_chunks * chunk_size if the model was trained with it, else 256)")
     p.add_argument("--chunk_size", type=int, default=DEFAULT_CHUNK_SIZE,
-                   help="streaming transducer: encoder frames per chunk the export is checked with")
+                   help="streaming transducer: encoder frames per chunk the export is checked with (the sherpa "
+                        "layout: the chunk sherpa-onnx decodes with)")
+    p.add_argument("--layout", choices=LAYOUTS, default=None,
+                   help="streaming transducer: kdtool (LSTM prediction network; kdtool's onnx backend) or sherpa "
+                        "(sherpa-onnx's icefall conformer layout, which needs decoder: stateless); default: the "
+                        "one the model's prediction network fits")
     p.add_argument("--skip_up_to_date", action="store_true",
                    help="do nothing if --out_dir is a complete export of the same weights and tokens with the same "
                         "options (what kd.sh --export_students true passes)")
@@ -47,7 +54,8 @@ def up_to_date(args):
         meta = info["metadata"]
         if info["kdtool_kind"] == "transducer":  # the options a streaming export was made with
             same = same and meta["chunk_size"] == str(args.chunk_size) and (
-                args.left_context is None or meta["left_context"] == str(args.left_context))
+                args.left_context is None or meta["left_context"] == str(args.left_context)) and (
+                args.layout is None or meta.get("layout", "kdtool") == args.layout)
         return same and int8 == (not args.no_int8) and all(
             (out / name).stat().st_size == f["bytes"] and file_sha256(out / name) == f["sha256"]
             for name, f in info["files"].items() if name != "export_info.json")
@@ -65,7 +73,7 @@ def main():
         print(f"{args.out_dir}: up to date (same weights, tokens and options); skipped")
         return
     info = export_model(args.model_dir, args.out_dir, int8=not args.no_int8, left_context=args.left_context,
-                        chunk_size=args.chunk_size)
+                        chunk_size=args.chunk_size, layout=args.layout)
     mb = {name: f["bytes"] / 1e6 for name, f in info["files"].items()}
     for name, g in info["graphs"].items():
         line = f"{args.out_dir}/{name}: {mb[name]:.2f} MB, max |onnx - torch| {g['check']['max_abs_diff']:.2g}"

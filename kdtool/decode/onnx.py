@@ -70,7 +70,10 @@ def streaming_greedy(model, feats, chunk_size, max_symbols_per_frame=5):
     """One utterance's raw fbank [T, 80] -> token ids, decoded chunk by chunk with the exported
     streaming transducer: kdtool.decode.streaming.streaming_greedy's search (per frame, the best label
     until blank or ``max_symbols_per_frame``; the prediction network starts from blank), with the
-    encoder's caches and the LSTM state carried between graph calls."""
+    encoder's caches and the LSTM state carried between graph calls (an export in sherpa-onnx's layout:
+    the last context_size labels instead of the LSTM state, ``sherpa_streaming_greedy``)."""
+    if model.export.layout == "sherpa":
+        return sherpa_streaming_greedy(model, feats, chunk_size, max_symbols_per_frame)
     s, meta = model.export.sessions, model.export.metadata
     layers, hidden = int(meta["pred_rnn_layers"]), int(meta["pred_hidden"])
     left, dim, blocks = int(meta["left_context"]), int(meta["encoder_dim"]), int(meta["num_encoder_layers"])
@@ -99,4 +102,39 @@ def streaming_greedy(model, feats, chunk_size, max_symbols_per_frame=5):
                     break
                 hyp.append(label)
                 dec_out, state = advance(label, state)
+    return hyp
+
+
+def sherpa_streaming_greedy(model, feats, chunk_size, max_symbols_per_frame=5):
+    """streaming_greedy on an export in sherpa-onnx's layout (kdtool.export.onnx_sherpa): the same chunks
+    and search; the encoder's caches are (L, left_context, 1, D) and (L, kernel - 1, 1, D), its
+    processed_frames counts feature frames, and the prediction network reruns on the last context_size
+    labels (starting from [-1, ..., -1, blank], as sherpa-onnx does)."""
+    s, meta = model.export.sessions, model.export.metadata
+    left, dim, blocks = int(meta["left_context"]), int(meta["encoder_dim"]), int(meta["num_encoder_layers"])
+    kernel, field = int(meta["cnn_module_kernel"]), int(meta["subsampling_receptive_field"])
+    sub, context = int(meta["subsampling_factor"]), int(meta["context_size"])
+    attn = np.zeros((blocks, left, 1, dim), np.float32)
+    cnn = np.zeros((blocks, kernel - 1, 1, dim), np.float32)
+    labels = [-1] * (context - 1) + [model.blank]
+
+    def predict():
+        return s["stateless_predictor"].run(None, {"y": np.array([labels[-context:]], np.int64)})[0]
+
+    dec_out, feats, hyp = predict(), feats.numpy(), []
+    n_out = model.subsampled_length(len(feats))
+    for start in range(0, n_out, chunk_size):
+        end = min(start + chunk_size, n_out)
+        enc, attn, cnn = s["sherpa_encoder"].run(None, {
+            "x": feats[None, sub * start: sub * (end - 1) + field], "attn_cache": attn, "cnn_cache": cnn,
+            "processed_frames": np.array([sub * start], np.int64)})
+        for frame in enc[0]:
+            for _ in range(max_symbols_per_frame):
+                logits = s["sherpa_joiner"].run(None, {"encoder_out": frame[None], "decoder_out": dec_out})[0]
+                label = int(logits.argmax())
+                if label == model.blank:
+                    break
+                hyp.append(label)
+                labels.append(label)
+                dec_out = predict()
     return hyp

@@ -4,8 +4,9 @@
     model.onnx          ctc, nar, ar: raw fbank -> CTC log-probs (kdtool.export.onnx_ctc)
     mlm_decoder.onnx    nar: the masked-LM decoder
     encoder.onnx, decoder.onnx, joiner.onnx
-                        streaming transducer: chunk step, prediction-network step, joint network
-                        (kdtool.export.onnx_transducer)
+                        streaming transducer: chunk step, prediction-network step, joint network; with
+                        an LSTM predictor in kdtool's layout (kdtool.export.onnx_transducer), with a
+                        stateless one in sherpa-onnx's (kdtool.export.onnx_sherpa: OnlineRecognizer)
     *.int8.onnx         each graph with dynamic int8 quantization (kdtool.export.quantize)
     export_info.json    model dir, kind, opset, versions, the token-list hash, every file's size and
                         sha256, each graph's check against PyTorch and what int8 quantized
@@ -31,6 +32,8 @@ from kdtool.decode.streaming import encode_chunks
 from kdtool.export.common import (OPSET, ExportError, export_graph, read_file_metadata, session, set_metadata,
                                   tokens_txt)
 from kdtool.export.onnx_ctc import CtcGraph, MlmDecoderGraph
+from kdtool.export.onnx_sherpa import (ProjectedJointGraph, SherpaEncoderGraph, StatelessDecoderGraph,
+                                       sherpa_cache_shapes)
 from kdtool.export.onnx_transducer import EncoderChunkGraph, JointGraph, PredictorStepGraph, cache_shapes
 from kdtool.export.quantize import quantize
 from kdtool.features.cmvn import mean_std
@@ -45,11 +48,16 @@ from kdtool.utils.files import file_sha256
 ATOL = 1e-4
 DEFAULT_LEFT_CONTEXT = 256  # encoder frames (10.24 s with conv2d) a streaming export's attention sees
 DEFAULT_CHUNK_SIZE = 16  # encoder frames per chunk the export is checked with (the recipe's decoding)
+# a streaming transducer's graph layouts: kdtool's (LSTM state in and out of decoder.onnx) and sherpa-onnx's
+# icefall conformer one (a stateless predictor rerun on the last labels); None picks the predictor's
+LAYOUTS = ("kdtool", "sherpa")
 
 
-def export_model(model_dir, out_dir, int8=True, left_context=None, chunk_size=DEFAULT_CHUNK_SIZE):
+def export_model(model_dir, out_dir, int8=True, left_context=None, chunk_size=DEFAULT_CHUNK_SIZE, layout=None):
     """Export ``model_dir`` into ``out_dir`` (replaced whole once everything is written and checked);
-    returns export_info as a dict."""
+    returns export_info as a dict. ``layout`` (transducers): kdtool or sherpa, default the one the
+    prediction network fits (sherpa for decoder: stateless); in the sherpa layout ``chunk_size`` is the
+    chunk sherpa-onnx decodes with."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     trained = load_trained(model_dir)  # a FileNotFoundError / ValueError naming the dir if it is not a model
     model = trained.model
@@ -58,9 +66,8 @@ def export_model(model_dir, out_dir, int8=True, left_context=None, chunk_size=DE
     if kind == "transducer" and not streaming:
         raise ExportError(f"{model_dir}: a transducer exports only with a streaming encoder "
                           f"(encoder: streaming_conformer), not {trained.config.get('encoder')!r}")
-    if kind == "transducer" and getattr(model.decoder, "dtype", None) != "lstm":
-        raise ExportError(f"{model_dir}: the transducer export takes an LSTM prediction network, "
-                          f"not {getattr(model.decoder, 'dtype', None)!r}")
+    if kind == "transducer":
+        layout = check_layout(model_dir, model, layout)
     if kind != "transducer" and getattr(model, "ctc", None) is None:
         raise ExportError(f"{model_dir}: a {kind} model exports its CTC head, and this one has none")
 
@@ -73,18 +80,40 @@ def export_model(model_dir, out_dir, int8=True, left_context=None, chunk_size=DE
         rng = np.random.default_rng(0)
         if kind == "transducer":
             left_context = left_context or (model.encoder.num_left_chunks * chunk_size or DEFAULT_LEFT_CONTEXT)
-            graphs = export_transducer(trained, tmp, meta, rng, left_context, chunk_size)
+            meta["layout"] = layout
+            export = export_sherpa_transducer if layout == "sherpa" else export_transducer
+            graphs = export(trained, tmp, meta, rng, left_context, chunk_size)
         else:
             graphs = export_ctc(trained, tmp, meta, rng)
         if int8:
             for name, g in graphs.items():
                 g.update(quantize_graph(tmp, name, g))
-        (tmp / "README.txt").write_text(readme(kind, model_dir), encoding="utf-8")
+        (tmp / "README.txt").write_text(readme(kind, model_dir, meta), encoding="utf-8")
         info = write_info(trained, tmp, graphs, meta)
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
+
+
+def check_layout(model_dir, model, layout):
+    """The layout a transducer exports in, or an ExportError saying why it cannot."""
+    predictor = getattr(model.decoder, "dtype", None)  # lstm, gru (espnet's rnn decoder) or stateless
+    layout = layout or ("sherpa" if predictor == "stateless" else "kdtool")
+    if layout not in LAYOUTS:
+        raise ExportError(f"{model_dir}: unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+    if layout == "sherpa" and predictor != "stateless":
+        raise ExportError(
+            f"{model_dir}: the sherpa layout (sherpa-onnx's streaming icefall conformer transducer) needs a "
+            f"stateless prediction network, and this model's is an {predictor.upper()} (decoder: rnn): sherpa-onnx "
+            "reruns decoder.onnx on the last context_size labels and carries no recurrent state between them. "
+            "Train the model with decoder: stateless (decoder_conf: hidden_size, context_size), or export this "
+            "one with --layout kdtool for kdtool's onnx backend")
+    if layout == "kdtool" and predictor != "lstm":
+        raise ExportError(f"{model_dir}: the kdtool layout carries an LSTM prediction network's state, and this "
+                          f"model's predictor is {predictor!r}" + (": export it with --layout sherpa"
+                                                                   if predictor == "stateless" else ""))
+    return layout
 
 
 def base_metadata(trained):
@@ -183,14 +212,15 @@ def export_mlm_decoder(model, out, meta, rng, ctc_outputs):
 
 
 def export_transducer(trained, out, meta, rng, left_context, chunk_size):
+    """encoder.onnx, decoder.onnx, joiner.onnx in kdtool's layout; adds the streaming keys to ``meta``."""
     model = trained.model
     enc = model.encoder
     att_shape, conv_shape = cache_shapes(model, left_context)
     sub, field = enc.embed.subsampling_factor, enc.min_frames
-    meta = {**meta, "left_context": str(left_context), "chunk_size": str(chunk_size),
-            "encoder_dim": str(enc.output_size()), "num_encoder_layers": str(att_shape[0]),
-            "cnn_module_kernel": str(conv_shape[3] + 1), "subsampling_receptive_field": str(field),
-            "pred_rnn_layers": str(model.decoder.dlayers), "pred_hidden": str(model.decoder.dunits)}
+    meta.update({"left_context": str(left_context), "chunk_size": str(chunk_size),
+                 "encoder_dim": str(enc.output_size()), "num_encoder_layers": str(att_shape[0]),
+                 "cnn_module_kernel": str(conv_shape[3] + 1), "subsampling_receptive_field": str(field),
+                 "pred_rnn_layers": str(model.decoder.dlayers), "pred_hidden": str(model.decoder.dunits)})
     x, _ = fbank_like(trained, rng, [sub * 60 + field])  # 61 encoder frames: a short last chunk
     feats = x[0]
     graph = EncoderChunkGraph(model, trained.cmvn, left_context).eval()
@@ -241,6 +271,84 @@ def export_transducer(trained, out, meta, rng, left_context, chunk_size):
     return graphs
 
 
+def export_sherpa_transducer(trained, out, meta, rng, left_context, chunk_size):
+    """encoder.onnx, decoder.onnx, joiner.onnx in sherpa-onnx's icefall conformer layout
+    (kdtool.export.onnx_sherpa); adds its keys to ``meta``. The encoder is checked as sherpa runs it:
+    chunks of T frames every decode_chunk_len, two streams in one batch, the second a chunk behind (so
+    their processed_frames differ), against kdtool's streaming encoder."""
+    model = trained.model
+    enc = model.encoder
+    sub, field = enc.embed.subsampling_factor, enc.min_frames
+    attn_shape, cnn_shape = sherpa_cache_shapes(model, left_context)
+    T, shift = sub * (chunk_size - 1) + field, sub * chunk_size
+    meta.update({"model_type": "conformer", "num_encoder_layers": str(attn_shape[0]), "T": str(T),
+                 "decode_chunk_len": str(shift), "left_context": str(left_context), "encoder_dim": str(attn_shape[3]),
+                 "pad_length": str(T - shift), "cnn_module_kernel": str(cnn_shape[1] + 1),
+                 "chunk_size": str(chunk_size), "subsampling_receptive_field": str(field),
+                 "context_size": str(model.decoder.context_size), "pred_hidden": str(model.decoder.dunits)})
+    graph = SherpaEncoderGraph(model, trained.cmvn, left_context, sub).eval()
+    x, _ = fbank_like(trained, rng, [T, T])
+    init = [np.zeros(s[:2] + (2,) + s[3:], np.float32) for s in (attn_shape, cnn_shape)]
+    export_graph(graph, (torch.from_numpy(x), *map(torch.from_numpy, init), torch.tensor([0, shift])),
+                 out / "encoder.onnx", ["x", "attn_cache", "cnn_cache", "processed_frames"],
+                 ["encoder_out", "new_attn_cache", "new_cnn_cache"],
+                 {"x": {0: "N", 1: "T"}, "attn_cache": {2: "N"}, "cnn_cache": {2: "N"}, "processed_frames": {0: "N"},
+                  "encoder_out": {0: "N", 1: "T_out"}, "new_attn_cache": {2: "N"}, "new_cnn_cache": {2: "N"}},
+                 {**meta, "graph": "sherpa_encoder"})
+    # two streams of 4 whole chunks; the reference: kdtool's streaming encoder (CMVN outside), projected
+    streams = list(fbank_like(trained, rng, [shift * 3 + T] * 2)[0])
+    mean, std = mean_std(trained.cmvn)
+    with torch.no_grad():
+        ref = [model.joint_network.lin_enc(torch.cat(list(encode_chunks(
+            model, torch.from_numpy((f - mean) / std), chunk_size, left_context)))).numpy() for f in streams]
+    graphs = {"encoder.onnx": verified(out / "encoder.onnx", Check(
+        lambda sess: sherpa_streams(sess, streams, T, shift, attn_shape, cnn_shape), ref,
+        {"frames": len(streams[0]), "streams": 2, "T": T, "decode_chunk_len": shift, "left_context": left_context}))}
+
+    y = torch.from_numpy(rng.integers(0, model.vocab_size, (3, model.decoder.context_size)))
+    y[0, :-1] = -1  # sherpa's start: [-1, ..., -1, blank]
+    y[0, -1] = model.blank
+    pred = StatelessDecoderGraph(model).eval()
+    export_graph(pred, (y,), out / "decoder.onnx", ["y"], ["decoder_out"], {"y": {0: "N"}, "decoder_out": {0: "N"}},
+                 {**meta, "graph": "stateless_predictor"})
+    with torch.no_grad():
+        ref = [pred(y).numpy()]
+    graphs["decoder.onnx"] = verified(out / "decoder.onnx", plain_check({"y": y.numpy()}, ref))
+
+    e = torch.from_numpy(rng.standard_normal((3, ref[0].shape[1])).astype(np.float32))
+    d = torch.from_numpy(ref[0])
+    joint = ProjectedJointGraph(model).eval()
+    export_graph(joint, (e, d), out / "joiner.onnx", ["encoder_out", "decoder_out"], ["logit"],
+                 {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}},
+                 {**meta, "graph": "sherpa_joiner"})
+    with torch.no_grad():
+        ref = [joint(e, d).numpy()]
+    graphs["joiner.onnx"] = verified(out / "joiner.onnx",
+                                     plain_check({"encoder_out": e.numpy(), "decoder_out": d.numpy()}, ref))
+    return graphs
+
+
+def sherpa_streams(sess, streams, T, shift, attn_shape, cnn_shape):
+    """Run the sherpa-layout encoder as sherpa-onnx's recognizer does (T frames from processed_frames, then
+    decode_chunk_len on), stream b starting b calls late, every stream with a chunk ready in one batch
+    (caches stacked along dim 2); returns each stream's encoder_out frames."""
+    n_chunks = [(len(f) - T) // shift + 1 for f in streams]
+    state = [(np.zeros(attn_shape, np.float32), np.zeros(cnn_shape, np.float32)) for _ in streams]
+    outs = [[] for _ in streams]
+    for step in range(max(b + n for b, n in enumerate(n_chunks))):
+        active = [b for b, n in enumerate(n_chunks) if 0 <= step - b < n]
+        starts = [(step - b) * shift for b in active]
+        o, attn, cnn = sess.run(None, {
+            "x": np.stack([streams[b][s:s + T] for b, s in zip(active, starts)]),
+            "attn_cache": np.concatenate([state[b][0] for b in active], 2),
+            "cnn_cache": np.concatenate([state[b][1] for b in active], 2),
+            "processed_frames": np.array(starts, np.int64)})
+        for i, b in enumerate(active):
+            outs[b].append(o[i])
+            state[b] = (attn[:, :, i:i + 1], cnn[:, :, i:i + 1])
+    return [np.concatenate(o) for o in outs]
+
+
 def chunk_pieces(feats, n_out, chunk_size, sub, field):
     """(first encoder frame, input frames) of each chunk, cut as kdtool.decode.streaming.encode_chunks does."""
     for start in range(0, n_out, chunk_size):
@@ -270,18 +378,37 @@ def write_info(trained, out, graphs, meta):
     return info
 
 
-def readme(kind, model_dir):
+def readme(kind, model_dir, meta):
     """README.txt: what the files are and the commands that run them."""
     lines = [f"kdtool export of {model_dir} ({kind}); tokens.txt is sherpa-onnx's format.",
              "Features: 80-dim kaldi fbank exactly as sherpa-onnx / kaldi-native-fbank compute them "
              "(16 kHz, audio in [-1, 1], snip_edges false, high_freq -400, dither 0); CMVN is inside the graphs.", ""]
-    if kind == "transducer":
+    if kind == "transducer" and meta.get("layout") == "sherpa":
+        # sherpa decodes a chunk once T frames past it are ready: silence after the audio flushes the last one
+        tail = (int(meta["T"]) + int(meta["decode_chunk_len"])) / 100
+        lines += ["Streaming transducer in sherpa-onnx's icefall conformer layout (stateless prediction network):",
+                  f"encoder.onnx (chunks of {meta['T']} frames every {meta['decode_chunk_len']}, caches in and out), "
+                  "decoder.onnx (the last context_size labels), joiner.onnx; *.int8.onnx: int8.",
+                  "", "With nothing but sherpa-onnx installed (pip install sherpa-onnx==2.0.1):",
+                  "  python3 -c \"import sherpa_onnx, wave, numpy as np",
+                  "  rec = sherpa_onnx.OnlineRecognizer.from_transducer(tokens='tokens.txt', encoder='encoder.onnx',",
+                  "      decoder='decoder.onnx', joiner='joiner.onnx', num_threads=1, sample_rate=16000,",
+                  "      feature_dim=80, decoding_method='greedy_search')",
+                  "  w = wave.open('utt.wav'); s = np.frombuffer(w.readframes(w.getnframes()), np.int16) / 32768.0",
+                  "  st = rec.create_stream(); st.accept_waveform(w.getframerate(), s.astype(np.float32))",
+                  f"  st.accept_waveform(16000, np.zeros({int(tail * 16000)}, np.float32)); st.input_finished()",
+                  "  while rec.is_ready(st): rec.decode_stream(st)",
+                  "  print(rec.get_result(st))\"",
+                  "", "With kdtool (WER/RTF like any decode dir):",
+                  "  python -m kdtool.bin.decode --backend onnx --model_dir MODEL_DIR --data FEATS "
+                  "--config conf/decode_transducer_streaming.yaml --out_dir OUT"]
+    elif kind == "transducer":
         lines += ["Streaming transducer: encoder.onnx (one chunk, caches in and out), decoder.onnx (LSTM prediction",
                   "network step), joiner.onnx; *.int8.onnx: int8. Decode chunk by chunk with kdtool:",
                   "  python -m kdtool.bin.decode --backend onnx --model_dir MODEL_DIR --data FEATS "
                   "--config conf/decode_transducer_streaming.yaml --out_dir OUT",
-                  "sherpa-onnx cannot load it (LSTM prediction network with the icefall conformer layout): "
-                  "see kdtool's README."]
+                  "sherpa-onnx cannot load it (its streaming transducers rerun a stateless prediction network): "
+                  "train the model with decoder: stateless for an export sherpa-onnx decodes (kdtool's README)."]
     else:
         lines += ["model.onnx: x (N,T,80) float32, x_lens (N,) int64 -> log_probs (N,T',V), lengths (N,) int64;",
                   "model.int8.onnx: the same with int8 weights."]

@@ -13,6 +13,9 @@ from kdtool.utils.files import file_sha256
 GRAPHS = {"ctc": {"model.onnx": "ctc"}, "ar": {"model.onnx": "ctc"},
           "nar": {"model.onnx": "ctc", "mlm_decoder.onnx": "mlm_decoder"},
           "transducer": {"encoder.onnx": "encoder_chunk", "decoder.onnx": "predictor", "joiner.onnx": "joiner"}}
+# a transducer exported in sherpa-onnx's layout (kdtool.export.onnx_sherpa; export_info.json's metadata "layout")
+SHERPA_GRAPHS = {"encoder.onnx": "sherpa_encoder", "decoder.onnx": "stateless_predictor",
+                 "joiner.onnx": "sherpa_joiner"}
 
 
 @dataclass
@@ -27,6 +30,11 @@ class Export:
     @property
     def kind(self):
         return self.info["kdtool_kind"]
+
+    @property
+    def layout(self):
+        """A transducer's graph layout: kdtool (LSTM predictor) or sherpa (stateless, sherpa-onnx's)."""
+        return self.info.get("metadata", {}).get("layout", "kdtool")
 
     def meta_int(self, key):
         return int(self.metadata[key])
@@ -55,7 +63,8 @@ def load_export(export_dir, int8=False, num_threads=1, model_dir=None):
         raise ExportError(f"{d}: tokens.txt is missing")
     tokens = parse_tokens_txt(d / "tokens.txt")
     exp = Export(d, info, tokens, {})
-    for name, role in GRAPHS[kind].items():
+    graphs = SHERPA_GRAPHS if exp.layout == "sherpa" else GRAPHS[kind]
+    for name, role in graphs.items():
         name = name.replace(".onnx", ".int8.onnx") if int8 else name
         if not (d / name).is_file():
             raise ExportError(f"{d}: {name} is missing" + (" (exported with --no_int8?)" if int8 else ""))

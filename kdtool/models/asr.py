@@ -19,6 +19,7 @@ from espnet2.asr.specaug.specaug import SpecAug
 from espnet2.asr_transducer.joint_network import JointNetwork
 
 from kdtool.models.classic import DNNEncoder, RNNEncoder
+from kdtool.models.stateless import StatelessDecoder
 from kdtool.models.streaming import StreamingConformerEncoder
 
 ENCODERS = {"conformer": ConformerEncoder, "transformer": TransformerEncoder,
@@ -35,7 +36,8 @@ ENCODER_DEFAULTS = {
     "transformer": dict(use_flash_attn=False),
     "streaming_conformer": {}, "rnn": {}, "dnn": {},  # their own constructors' defaults
 }
-DECODERS = {"transformer": TransformerDecoder, "mlm": MLMDecoder, "rnn": TransducerDecoder}
+DECODERS = {"transformer": TransformerDecoder, "mlm": MLMDecoder, "rnn": TransducerDecoder,
+            "stateless": StatelessDecoder}
 IGNORE_ID = -1
 KD_OUTPUTS = ("encoder", "ctc", "decoder", "joint")  # what a KD term may train (ASRModel.kd_outputs)
 EMBED_INITS = ("scaled", "espnet")  # a Mask-CTC decoder's token embeddings (NARModel)
@@ -217,16 +219,18 @@ class NARModel(HybridModel):
 
 
 class TransducerModel(ASRModel):
-    """RNN-T: encoder, LSTM prediction network and joint network; loss from torchaudio's rnnt_loss.
-    An auxiliary CTC head (ctc_weight > 0) helps training and carries frame-level distillation."""
+    """RNN-T: encoder, prediction network (``decoder``: rnn, espnet's LSTM/GRU one; stateless, icefall's
+    kdtool.models.stateless, which sherpa-onnx's streaming path runs) and joint network; loss from
+    torchaudio's rnnt_loss. An auxiliary CTC head (ctc_weight > 0) helps training and carries frame-level
+    distillation."""
 
     kind = "transducer"
 
     def __init__(self, vocab_size, input_size, encoder, encoder_conf, decoder_conf, joint_net_conf,
-                 specaug_conf=None, ctc_weight=0.3):
+                 specaug_conf=None, ctc_weight=0.3, decoder="rnn"):
         super().__init__(vocab_size, input_size, encoder, encoder_conf, specaug_conf)
         self.ctc_weight = ctc_weight
-        self.decoder = TransducerDecoder(vocab_size, embed_pad=self.blank, **decoder_conf)
+        self.decoder = DECODERS[decoder](vocab_size, embed_pad=self.blank, **decoder_conf)
         self.joint_network = JointNetwork(vocab_size, self.encoder.output_size(), self.decoder.dunits,
                                           **joint_net_conf)
         self.ctc = CTC(vocab_size, self.encoder.output_size(), reduce=False) if ctc_weight > 0 else None

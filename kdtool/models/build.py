@@ -4,7 +4,7 @@
     encoder: conformer           # conformer | transformer
     encoder_conf: {output_size: 256, attention_heads: 4, linear_units: 1024, num_blocks: 12}
                                  # (+ subsampling_channels: 64 for a narrow conv front-end)
-    decoder: transformer         # ar: transformer; nar: mlm; transducer: rnn
+    decoder: transformer         # ar: transformer; nar: mlm; transducer: rnn (LSTM) or stateless
     decoder_conf: {...}
     joint_net_conf: {...}        # transducer only
     specaug_conf: {...}          # SpecAugment; null disables it
@@ -19,7 +19,8 @@ from kdtool.models.asr import EMBED_INITS, MODEL_CLASSES, ENCODERS, DECODERS
 
 MODEL_KEYS = {"model", "encoder", "encoder_conf", "decoder", "decoder_conf", "joint_net_conf", "specaug_conf",
               "model_conf"}
-DECODER_OF_KIND = {"ar": "transformer", "nar": "mlm", "transducer": "rnn", "ctc": None}
+DECODERS_OF_KIND = {"ar": ("transformer",), "nar": ("mlm",), "transducer": ("rnn", "stateless"), "ctc": ()}
+DECODER_OF_KIND = {kind: names[0] if names else None for kind, names in DECODERS_OF_KIND.items()}  # the default
 
 
 def _check_kwargs(what, cls, conf, skip=(), extra=()):
@@ -60,11 +61,12 @@ def build_model(config, vocab_size, input_size=80):
     if DECODER_OF_KIND[kind] is None:
         if config.get("decoder") or dec_conf:
             raise ConfigError("decoder: a ctc model has no decoder; remove decoder/decoder_conf")
-    elif dec_name != DECODER_OF_KIND[kind]:
-        raise ConfigError(f"decoder: a {kind} model takes decoder: {DECODER_OF_KIND[kind]}, not {dec_name!r}")
+    elif dec_name not in DECODERS_OF_KIND[kind]:
+        raise ConfigError(f"decoder: a {kind} model takes decoder: {' or '.join(DECODERS_OF_KIND[kind])}, "
+                          f"not {dec_name!r}")
     else:
         _check_kwargs(f"decoder_conf ({dec_name})", DECODERS[dec_name], dec_conf,
-                      skip=("vocab_size", "encoder_output_size"))
+                      skip=("vocab_size", "encoder_output_size", "embed_pad"))
     if config.get("joint_net_conf") and kind != "transducer":
         raise ConfigError(f"joint_net_conf: only a transducer has a joint network, not a {kind} model")
 
@@ -72,13 +74,15 @@ def build_model(config, vocab_size, input_size=80):
     model_conf = dict(config.get("model_conf") or {})
     _check_kwargs(f"model_conf ({kind})", cls, model_conf,
                   skip=("vocab_size", "input_size", "encoder", "encoder_conf", "decoder_conf", "joint_net_conf",
-                        "specaug_conf"))
+                        "specaug_conf", "decoder"))
     if model_conf.get("embed_init", EMBED_INITS[0]) not in EMBED_INITS:
         raise ConfigError(f"model_conf: embed_init must be {' or '.join(map(repr, EMBED_INITS))}, "
                           f"not {model_conf['embed_init']!r}")
     extra = {"joint_net_conf": dict(config.get("joint_net_conf") or {})} if kind == "transducer" else {}
     if DECODER_OF_KIND[kind] is not None:
         extra["decoder_conf"] = dec_conf
+    if kind == "transducer":
+        extra["decoder"] = dec_name
     return cls(vocab_size=vocab_size, input_size=input_size, encoder=enc_name, encoder_conf=enc_conf,
                specaug_conf=config.get("specaug_conf"), **extra, **model_conf)
 

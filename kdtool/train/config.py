@@ -5,7 +5,8 @@ resolved config (defaults filled in) is saved next to the checkpoints.
 
 A config may inherit: ``base: <file, relative to this config's dir>`` starts from that config (which may
 have a base of its own) and the keys given here override it; mappings merge key by key, anything else
-(a list, a number) replaces. A run overrides keys again with ``KEY=VALUE`` items (``--set`` of
+(a list, a number) replaces, and a config naming another ``encoder`` or ``decoder`` than its base's
+starts that component's ``*_conf`` afresh. A run overrides keys again with ``KEY=VALUE`` items (``--set`` of
 kdtool.bin.train / distill): dotted keys into mappings, the value parsed as YAML
 (``kd_conf.alpha=0.3``, ``max_epoch=5``, ``specaug_conf.freq_mask_width_range=[0,10]``).
 A KD student's config may also name its twin, ``twin: <file, relative to this config's dir>``: not a
@@ -17,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from kdtool.errors import ConfigError
-from kdtool.models.build import MODEL_KEYS
+from kdtool.models.build import DECODER_OF_KIND, MODEL_KEYS
 from kdtool.utils.yamlfile import read_yaml
 
 TRAIN_DEFAULTS = {
@@ -102,8 +103,18 @@ def _read_inherited(path):
     of the config (nor inherited as one)."""
     config = {}
     for _, raw in reversed(config_chain(path)):
-        config = merge(config, {k: v for k, v in raw.items() if k != "twin"})
+        raw = {k: v for k, v in raw.items() if k != "twin"}
+        config = merge(_own_components(config, raw), raw)
     return config
+
+
+def _own_components(base, raw):
+    """``base`` without the ``encoder_conf`` / ``decoder_conf`` of a component that ``raw`` replaces: a
+    base's options belong to its own encoder or decoder (an LSTM's rnn_type means nothing to decoder: stateless)."""
+    defaults = {"encoder": "conformer", "decoder": DECODER_OF_KIND.get(base.get("model"))}
+    return {k: v for k, v in base.items()
+            if not (k.endswith("_conf") and k[:-5] in defaults and k[:-5] in raw
+                    and raw[k[:-5]] != base.get(k[:-5], defaults[k[:-5]]))}
 
 
 def apply_override(config, item, source, known):

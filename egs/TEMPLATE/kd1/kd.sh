@@ -315,12 +315,14 @@ decode_dirs() {  # model -> the decode configs for its kind
 }
 # the methods the onnx backends decode (kdtool.decode.runner.ONNX_METHODS; tests/test_export_recipe.py checks)
 onnx_methods="ctc_greedy maskctc_greedy maskctc_beam transducer_greedy transducer_streaming"
-exportable() {  # model -> success if kdtool.bin.export exports it (ctc, nar; transducer: streaming encoder, LSTM predictor)
+exportable() {  # model -> success if kdtool.bin.export exports it (ctc, nar; transducer: streaming encoder,
+  # LSTM predictor (kdtool's layout) or stateless one (sherpa-onnx's))
   python -c "import json, sys, yaml
 kind = json.load(open(sys.argv[1] + '/model_info.json'))['kind']
 c = yaml.safe_load(open(sys.argv[1] + '/config.yaml'))
 lstm = c.get('decoder', 'rnn') == 'rnn' and (c.get('decoder_conf') or {}).get('rnn_type', 'lstm') == 'lstm'
-sys.exit(not (kind in ('ctc', 'nar') or (kind == 'transducer' and c.get('encoder') == 'streaming_conformer' and lstm)))" "$1"
+predictor = lstm or c.get('decoder') == 'stateless'
+sys.exit(not (kind in ('ctc', 'nar') or (kind == 'transducer' and c.get('encoder') == 'streaming_conformer' and predictor)))" "$1"
 }
 decode_runs() {  # model -> "config name backend" of each of its decodes (the onnx ones if it was exported)
   local config name method
