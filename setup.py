@@ -29,5 +29,6 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["kdtool", "kdtool.*"]),
     install_requires=install_requires,
-    extras_require={"test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "kaldi-native-fbank==1.22.4"]},
+    extras_require={"test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "pytest-xdist==3.8.0",
+                              "kaldi-native-fbank==1.22.4"]},
 )

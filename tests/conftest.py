@@ -1,7 +1,16 @@
-"""Shared fixtures: tiny data dirs built from speech synthesized on the spot (espeak-ng + sox)."""
+"""Shared fixtures: tiny data dirs built from speech synthesized on the spot (espeak-ng + sox), and tiny
+models trained on them once per test run (shared by pytest-xdist's workers too: see ``built_once``)."""
+import contextlib
+import fcntl
+import importlib
+import io
+import logging
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -27,11 +36,88 @@ def speak(text, wav, rate=16000, voice="en-us"):
     return Path(wav)
 
 
+def built_once(tmp_path_factory, name, build):
+    """A dir that ``build(dir)`` fills, made once per test run. Under pytest-xdist (CI: ``-n 2``) the workers
+    share it: the first to ask builds it under a lock while the other waits, so that a tiny model is trained
+    once, not once per worker, and every worker's tests see the same files."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        d = tmp_path_factory.mktemp(name)
+        build(d)
+        return d
+    root = tmp_path_factory.getbasetemp().parent / "shared"  # this run's dir, above the workers' own
+    root.mkdir(exist_ok=True)
+    d, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(d, ignore_errors=True)  # a worker that failed half-way
+            d.mkdir()
+            build(d)
+            done.touch()
+    return d
+
+
+# Under xdist, the groups that start first: the --fast recipe (most of a worker's time, while the other runs
+# nearly all the rest), then the decoding modules that share the tiny models.
+FIRST_GROUPS = ("test_recipe", "models")
+
+
+def pytest_collection_modifyitems(config, items):
+    """xdist groups (CI runs ``-n 2 --dist loadgroup --no-loadscope-reorder``): a module's tests stay on one
+    worker, so that its module-scoped fixtures are built once, and the modules that decode the shared tiny
+    ``models`` stay together. The longest groups are handed out first (xdist deals groups in this order)."""
+    decoding = {item.module.__name__ for item in items if {"models", "encoded"} & set(item.fixturenames)}
+    group = {}
+    for item in items:
+        module = item.module.__name__
+        group[item] = "models" if module in decoding else module
+        item.add_marker(pytest.mark.xdist_group(group[item]))
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        rank = {g: i for i, g in enumerate(FIRST_GROUPS)}
+        items.sort(key=lambda item: rank.get(group[item], len(rank)))  # stable: the rest keep their order
+
+
+def pytest_configure(config):
+    """An xdist worker has a core of its own at most: torch and its subprocesses on one thread."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+        torch.set_num_threads(1)
+
+
+def run_entry(module, *args):
+    """``python -m kdtool.bin.<module> args`` in this process (a subprocess would spend most of its time
+    importing torch): ``.returncode``, ``.stdout`` (what it printed) and ``.stderr`` (what it logged at
+    WARNING and above) as ``subprocess.run`` gives them. A traceback (an exception other than SystemExit)
+    propagates. For the entry points' options and error paths; a test of ``python -m`` itself keeps its
+    subprocess."""
+    from kdtool.bin._common import run_main
+    mod = importlib.import_module(f"kdtool.bin.{module}")
+    stream, out = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    argv, sys.argv = sys.argv, [module, *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out):
+            run_main(mod.main)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+        root.removeHandler(handler)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=stream.getvalue())
+
+
 @pytest.fixture(scope="session")
 def tiny_wavs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wavs")
-    return {utt: speak(text, d / f"{utt}.wav", voice="en-us" if utt.startswith("spka") else "en-gb+f3")
-            for utt, text in SENTENCES.items()}
+    def build(d):
+        for utt, text in SENTENCES.items():
+            speak(text, d / f"{utt}.wav", voice="en-us" if utt.startswith("spka") else "en-gb+f3")
+    d = built_once(tmp_path_factory, "wavs", build)
+    return {utt: d / f"{utt}.wav" for utt in SENTENCES}
 
 
 @pytest.fixture
@@ -61,13 +147,15 @@ def tiny_features(tmp_path_factory, tiny_wavs):
     from kdtool.features.fbank import compute_fbank_job, merge_fbank_jobs
     from kdtool.tokens import build_token_list
 
-    root = tmp_path_factory.mktemp("feats")
-    data = DataDir.write(root / "data", wav_scp={u: str(p) for u, p in tiny_wavs.items()},
-                         utt2spk={u: u.split("-")[0] for u in tiny_wavs}, text=dict(SENTENCES))
-    compute_fbank_job(data.path, root / "fbank", 1, 1)
-    merge_fbank_jobs(data.path, root / "fbank", 1)
-    compute_cmvn(root / "fbank" / "feats.scp", root / "cmvn.ark")
-    build_token_list(data.path / "text", root / "tokens", "char")
+    def build(root):
+        data = DataDir.write(root / "data", wav_scp={u: str(p) for u, p in tiny_wavs.items()},
+                             utt2spk={u: u.split("-")[0] for u in tiny_wavs}, text=dict(SENTENCES))
+        compute_fbank_job(data.path, root / "fbank", 1, 1)
+        merge_fbank_jobs(data.path, root / "fbank", 1)
+        compute_cmvn(root / "fbank" / "feats.scp", root / "cmvn.ark")
+        build_token_list(data.path / "text", root / "tokens", "char")
+
+    root = built_once(tmp_path_factory, "feats", build)
     return {"feats": root / "fbank", "cmvn": root / "cmvn.ark", "tokens": root / "tokens"}
 
 
@@ -90,16 +178,19 @@ def tiny_teacher(tiny_features, tmp_path_factory):
     from kdtool.train.trainer import train
 
     f = tiny_features
-    exp = tmp_path_factory.mktemp("teacher") / "ctc_teacher"
     cfg = resolve_config({"model": "ctc", "encoder_conf": {"output_size": 32, "attention_heads": 2,
                                                            "linear_units": 64, "num_blocks": 2},
                           "max_epoch": 3, "batch_frames": 800, "keep_nbest_models": 1,
                           "scheduler_conf": {"warmup_steps": 5}})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train(cfg, exp, f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
-    torch.set_num_threads(threads)
-    return exp
+
+    def build(d):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            train(cfg, d / "ctc_teacher", f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
+        finally:
+            torch.set_num_threads(threads)
+    return built_once(tmp_path_factory, "teacher", build) / "ctc_teacher"
 
 
 def run_data_sh(recipe, *args, env=None, unset=()):
@@ -146,16 +237,18 @@ def models(tiny_features, tmp_path_factory):
     from kdtool.train.config import resolve_config
     from kdtool.train.trainer import train
 
-    root, f = tmp_path_factory.mktemp("decode_models"), tiny_features
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # models this small gain nothing from threads, and lose much on a busy machine
-    try:
-        for kind, conf in DECODE_KINDS.items():
-            cfg = resolve_config({**conf, **DECODE_TRAINING, "max_epoch": DECODE_EPOCHS[kind]})
-            train(cfg, root / kind, f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
-    finally:
-        torch.set_num_threads(threads)
-    return root
+    f = tiny_features
+
+    def build(root):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # models this small gain nothing from threads, and lose much on a busy machine
+        try:
+            for kind, conf in DECODE_KINDS.items():
+                cfg = resolve_config({**conf, **DECODE_TRAINING, "max_epoch": DECODE_EPOCHS[kind]})
+                train(cfg, root / kind, f["feats"], f["feats"], f["tokens"], f["cmvn"], accelerator="cpu", devices=1)
+        finally:
+            torch.set_num_threads(threads)
+    return built_once(tmp_path_factory, "decode_models", build)
 
 
 @pytest.fixture(scope="session")

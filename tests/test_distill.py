@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import run_entry
 from kdtool.data.datadir import read_table, write_table
 from kdtool.kd.distill import (DistillDataset, DistillLoss, OnlineTeacher, SoftLabelSet, distill,
                                init_from_teacher, load_student_config)
@@ -247,6 +248,11 @@ def cli(*args):
                           text=True, env=ENV, timeout=300)
 
 
+def entry(*args):
+    """The same command line in this process: what its errors and warnings say, without a torch import each."""
+    return run_entry("distill", *args)
+
+
 def cli_args(f, teacher, cfg, exp, *soft):
     return ["--config", cfg, "--train_data", f["feats"], "--valid_data", f["feats"], "--token_list",
             teacher / "tokens", "--cmvn", f["cmvn"], "--exp_dir", exp, "--teacher_dir", teacher,
@@ -318,36 +324,36 @@ def test_error_paths_fail_before_training(tiny_teacher, tiny_features, dumps, tm
         fh.write("EXTRA\n")
     args = cli_args(f, tiny_teacher, cfg, tmp_path / "e1", dumps["top4"])
     args[args.index("--token_list") + 1] = other_tokens
-    one_line_error(cli(*args), r"token list differs from the teacher's")
+    one_line_error(entry(*args), r"token list differs from the teacher's")
     # utterances missing from the dump: an error naming the count, or skipped and counted
     part = tmp_path / "part"
     shutil.copytree(dumps["top4"], part)
     scp = read_table(part / "soft_labels.scp")
     write_table(part / "soft_labels.scp", dict(list(scp.items())[1:]))
     missing = sorted(scp)[0]
-    one_line_error(cli(*cli_args(f, tiny_teacher, cfg, tmp_path / "e2", part)),
+    one_line_error(entry(*cli_args(f, tiny_teacher, cfg, tmp_path / "e2", part)),
                    rf"1 of 6 training utterances have no frame-level teacher data in .*part \(first: {missing}")
     skip = write_cfg(tmp_path / "skip.yaml", alpha=0.5, missing="skip")
-    p = cli(*cli_args(f, tiny_teacher, skip, tmp_path / "ok", part))
+    p = entry(*cli_args(f, tiny_teacher, skip, tmp_path / "ok", part))
     assert p.returncode == 0 and "1 training utterances have no frame-level teacher data" in p.stderr
     # frame posteriors dumped at another temperature
-    one_line_error(cli(*cli_args(f, tiny_teacher, cfg, tmp_path / "e3", dumps["T2"])),
+    one_line_error(entry(*cli_args(f, tiny_teacher, cfg, tmp_path / "e3", dumps["T2"])),
                    r"dumped at temperature 2.0, but kd_conf.temperature is 1.0")
     # KD without soft labels or an online teacher; a teacher dir without weights
-    one_line_error(cli(*cli_args(f, tiny_teacher, cfg, tmp_path / "e4")), r"kd_conf.frame_weight > 0 needs frame_posteriors or fb_posteriors dumps")
+    one_line_error(entry(*cli_args(f, tiny_teacher, cfg, tmp_path / "e4")), r"kd_conf.frame_weight > 0 needs frame_posteriors or fb_posteriors dumps")
     broken = tmp_path / "broken_teacher"
     shutil.copytree(tiny_teacher, broken, ignore=shutil.ignore_patterns("model.pth", "checkpoints"))
     online = write_cfg(tmp_path / "online.yaml", alpha=0.5, online=True)
-    one_line_error(cli(*cli_args(f, broken, online, tmp_path / "e5")), r"broken_teacher: not a trained model dir: "
+    one_line_error(entry(*cli_args(f, broken, online, tmp_path / "e5")), r"broken_teacher: not a trained model dir: "
                                                                        r"model.pth is missing")
     # unknown kd_conf key, a student without a CTC head
-    one_line_error(cli(*cli_args(f, tiny_teacher, write_cfg(tmp_path / "k.yaml", alpah=0.5), tmp_path / "e6",
+    one_line_error(entry(*cli_args(f, tiny_teacher, write_cfg(tmp_path / "k.yaml", alpah=0.5), tmp_path / "e6",
                                  dumps["top4"])), r"kd_conf: unknown key\(s\) \['alpah'\]")
     rnnt = tmp_path / "rnnt.yaml"
     rnnt.write_text(yaml.safe_dump({"model": "transducer", "encoder_conf": ENC, "model_conf": {"ctc_weight": 0.0},
                                     "decoder_conf": {"hidden_size": 16}, "joint_net_conf": {"joint_space_size": 16},
                                     "kd_conf": {"alpha": 0.5}}))
-    one_line_error(cli(*cli_args(f, tiny_teacher, rnnt, tmp_path / "e7", dumps["top4"])),
+    one_line_error(entry(*cli_args(f, tiny_teacher, rnnt, tmp_path / "e7", dumps["top4"])),
                    r"this transducer student has none \(set model_conf.ctc_weight > 0\)")
     for e in ("e1", "e2", "e3", "e4", "e5", "e6", "e7"):
         assert not (tmp_path / e / "checkpoints").exists()
@@ -363,7 +369,7 @@ def test_fb_posteriors_are_refused_at_a_temperature_other_than_1(tiny_teacher, t
         SoftLabelSet([dumps["fb"]], tokens, 2.0)
     # through the command line: one line, before training
     cfg = write_cfg(tmp_path / "t2.yaml", alpha=0.5, temperature=2.0)
-    one_line_error(cli(*cli_args(tiny_features, tiny_teacher, cfg, tmp_path / "e", dumps["fb"])),
+    one_line_error(entry(*cli_args(tiny_features, tiny_teacher, cfg, tmp_path / "e", dumps["fb"])),
                    r"fb_posteriors are CTC forward-backward occupancies, .* but kd_conf.temperature is 2.0")
     assert not (tmp_path / "e" / "checkpoints").exists()
     # the online teacher's occupancies: refused in the config
@@ -548,7 +554,7 @@ def test_bad_nbest_and_token_kd_errors_come_before_training(ar_teacher, tiny_fea
 
     def run(cfg, exp, nbest=None, soft=()):
         args = cli_args(f, ar_teacher, cfg, tmp_path / exp, *soft)
-        return cli(*args, *(["--nbest", nbest] if nbest else []))
+        return entry(*args, *(["--nbest", nbest] if nbest else []))
     one_line_error(run(seq_cfg, "e1", write_nbest(tmp_path / "n1", ar_teacher, [
         {"utt": u, "hyps": [{"tokens": [3, 4], "score": -1.0}]} for u in utts[1:]])),
         rf"1 of 6 training utterances have no seq-level teacher data in .*n1 \(first: {utts[0]}")
@@ -575,8 +581,8 @@ def test_a_nar_student_trains_with_every_term_through_the_cli(ar_teacher, tiny_f
                                                "seq_weight": 1.0}}))
     frame = dump(ar_teacher, tiny_features["feats"], tmp_path / "frame", topk=4)
     exp = tmp_path / "nar"
-    p = cli(*cli_args(tiny_features, ar_teacher, cfg, exp, frame, ar_dumps["token_top4"]), "--nbest",
-            ar_dumps["nbest"])
+    p = entry(*cli_args(tiny_features, ar_teacher, cfg, exp, frame, ar_dumps["token_top4"]), "--nbest",
+              ar_dumps["nbest"])
     assert p.returncode == 0, p.stderr[-3000:]
     info = json.loads((exp / "model_info.json").read_text())
     assert info["kd_terms"] == ["frame", "token", "seq"]

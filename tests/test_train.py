@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import run_entry
 from kdtool.errors import ConfigError
 from kdtool.models.load import load_trained
 from kdtool.train.config import load_config, resolve_config
@@ -152,9 +153,8 @@ def test_unknown_config_key_fails_before_training(tmp_path, tiny_features):
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key\(s\) \['max_epochs'\]"):
         load_config(conf)
     f = tiny_features
-    p = subprocess.run([sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
-                        "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
-                        "--exp_dir", str(tmp_path / "e")], capture_output=True, text=True)
+    p = run_entry("train", "--config", conf, "--train_data", f["feats"], "--valid_data", f["feats"], "--token_list",
+                  f["tokens"], "--cmvn", f["cmvn"], "--exp_dir", tmp_path / "e")
     assert p.returncode == 1 and "unknown key(s) ['max_epochs']" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "e").exists()
     with pytest.raises(ConfigError, match="model: unknown kind 'rnnt'"):
@@ -170,10 +170,10 @@ def test_seed_option_replaces_the_configs_seed(tiny_features, tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text(yaml.safe_dump(cfg))
     f = tiny_features
-    subprocess.run([sys.executable, "-m", "kdtool.bin.train", "--config", str(conf), "--train_data", str(f["feats"]),
-                    "--valid_data", str(f["feats"]), "--token_list", str(f["tokens"]), "--cmvn", str(f["cmvn"]),
-                    "--exp_dir", str(tmp_path / "seed3"), "--accelerator", "cpu", "--seed", "3"],
-                   check=True, capture_output=True)
+    p = run_entry("train", "--config", conf, "--train_data", f["feats"], "--valid_data", f["feats"], "--token_list",
+                  f["tokens"], "--cmvn", f["cmvn"], "--exp_dir", tmp_path / "seed3", "--accelerator", "cpu",
+                  "--seed", "3")
+    assert p.returncode == 0, p.stderr
     run_train(cfg, tmp_path / "seed0", f)
     assert yaml.safe_load((tmp_path / "seed3" / "config.yaml").read_text())["seed"] == 3
     assert yaml.safe_load((tmp_path / "seed0" / "config.yaml").read_text())["seed"] == 0
