@@ -57,24 +57,14 @@ def built_once(tmp_path_factory, name, build):
     return d
 
 
-# Under xdist, the groups that start first: the --fast recipe (most of a worker's time, while the other runs
-# nearly all the rest), then the decoding modules that share the tiny models.
-FIRST_GROUPS = ("test_recipe", "models")
-
-
 def pytest_collection_modifyitems(config, items):
-    """xdist groups (CI runs ``-n 2 --dist loadgroup --no-loadscope-reorder``): a module's tests stay on one
-    worker, so that its module-scoped fixtures are built once, and the modules that decode the shared tiny
-    ``models`` stay together. The longest groups are handed out first (xdist deals groups in this order)."""
-    decoding = {item.module.__name__ for item in items if {"models", "encoded"} & set(item.fixturenames)}
-    group = {}
-    for item in items:
-        module = item.module.__name__
-        group[item] = "models" if module in decoding else module
-        item.add_marker(pytest.mark.xdist_group(group[item]))
+    """Under pytest-xdist (CI: ``-n 2 --dist loadscope --no-loadscope-reorder``) a module's tests run on one
+    worker, so that its module-scoped fixtures are built once, and the workers take the modules in this
+    order: the --fast recipe first (most of one worker's time, while the other runs nearly all the rest).
+    (--dist loadgroup would be the tool for groups across modules, but xdist 3.8 cannot name the groups
+    of pytest 9's items: the shared models are ``built_once`` instead.)"""
     if "PYTEST_XDIST_WORKER" in os.environ:
-        rank = {g: i for i, g in enumerate(FIRST_GROUPS)}
-        items.sort(key=lambda item: rank.get(group[item], len(rank)))  # stable: the rest keep their order
+        items.sort(key=lambda item: item.module.__name__ != "test_recipe")  # stable: the rest keep their order
 
 
 def pytest_configure(config):
