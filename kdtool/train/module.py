@@ -14,6 +14,41 @@ def warmup_lr_lambda(warmup_steps):
     return f
 
 
+def _fused_on_cpu(params):
+    """Whether all ``params`` are float CPU tensors and torch has a fused CPU Adam (torch >= 2.4)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        cpu = "cpu" in _get_fused_kernels_supported_devices()
+    except ImportError:  # a private helper: an older or newer torch may not have it
+        return False
+    return cpu and all(p.device.type == "cpu" and p.is_floating_point() for p in params)
+
+
+def _keep_own_kernel_flags(optimizer, state_dict):
+    """Load-state hook: a checkpoint's param groups would replace this optimizer's ``fused``/``foreach``
+    flags with those it was saved with; keep this run's (a run saved unfused resumes fused, and back)."""
+    saved = state_dict["param_groups"]
+    if len(saved) != len(optimizer.param_groups):
+        return None  # torch's load_state_dict names the mismatch
+    return {**state_dict, "param_groups": [{**group, "fused": own["fused"], "foreach": own["foreach"]}
+                                           for own, group in zip(optimizer.param_groups, saved)]}
+
+
+def build_optimizer(params, name, conf, allow_fused=True):
+    """Adam or AdamW over ``params`` with ``conf`` (the config's optim_conf). On a CPU, torch's default
+    is a loop over tensors (neither foreach nor fused); its fused kernel gives the same update (to float
+    rounding) in less time, so CPU parameters get it unless ``conf`` names ``fused`` or ``foreach``
+    itself. GPU parameters keep torch's default (foreach)."""
+    params = list(params)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    conf = dict(conf)
+    if allow_fused and "fused" not in conf and "foreach" not in conf and _fused_on_cpu(params):
+        conf["fused"] = True
+    opt = cls(params, **conf)
+    opt.register_load_state_dict_pre_hook(_keep_own_kernel_flags)
+    return opt
+
+
 def supervised_loss(model, batch):
     return model(batch["feats"], batch["feats_lens"], batch["ys"], batch["ys_lens"])
 
@@ -58,11 +93,12 @@ class ASRTask(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.config
-        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[c["optim"]]
         params = list(self.model.parameters())
         if isinstance(self.loss_fn, torch.nn.Module):  # a KD term's trainable parts (a projection): trained
             params += list(self.loss_fn.parameters())  # too, but not saved with the model (trainer keeps model.*)
-        opt = cls(params, **c["optim_conf"])
+        # a gradient scaler (16-mixed) and gradient clipping refuse a fused optimizer in lightning
+        opt = build_optimizer(params, c["optim"], c["optim_conf"],
+                              allow_fused=getattr(self.trainer.precision_plugin, "scaler", None) is None)
         if c["scheduler"] in (None, "none"):
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lr_lambda(c["scheduler_conf"]["warmup_steps"]))

@@ -30,9 +30,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from kdtool.errors import ConfigError
 from kdtool.features.cmvn import load_cmvn
 from kdtool.models import build_model, count_params, model_size_mb
+from kdtool.models.fast_dropout import use_fast_dropout
 from kdtool.models.load import write_checksums
 from kdtool.tokens import Tokenizer
-from kdtool.train.config import model_part
+from kdtool.train.config import SPEED_KEYS, model_part
 from kdtool.train.dataset import SpeechDataset, build_dataloader
 from kdtool.train.module import ASRTask
 from kdtool.train.plot import plot_learning_curve
@@ -51,7 +52,10 @@ def prepare_exp_dir(exp_dir, config, token_dir, cmvn_path, data_info):
     saved = {**config, "data": data_info}
     if (exp / "config.yaml").exists():
         old = yaml.safe_load((exp / "config.yaml").read_text())
-        if old != json.loads(json.dumps(saved)):
+
+        def learned(c):  # what the run learns: speed keys (fast_dropout) may differ on resume
+            return {k: v for k, v in c.items() if k not in SPEED_KEYS} if isinstance(c, dict) else c
+        if learned(old) != learned(json.loads(json.dumps(saved))):
             raise ConfigError(f"{exp / 'config.yaml'}: this exp dir holds a run with another config or data; "
                               f"use another exp dir, or remove it to start over")
     (exp / "tokens").mkdir(exist_ok=True)
@@ -139,6 +143,8 @@ def train(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, devices=
         n = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return 0 if n >= trainer.num_training_batches else n
 
+    if config["fast_dropout"]:  # no weights change: model.pth, state_dict keys and exports are as without it
+        use_fast_dropout(model)
     task = ASRTask(model, config, loss_fn)
     last = exp / "checkpoints" / "last.ckpt"
     start = time.time()
