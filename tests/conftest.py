@@ -75,6 +75,17 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and lose much when the machine is busy
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a module of them)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def run_entry(module, *args):
     """``python -m kdtool.bin.<module> args`` in this process (a subprocess would spend most of its time
     importing torch): ``.returncode``, ``.stdout`` (what it printed) and ``.stderr`` (what it logged at

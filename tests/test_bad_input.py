@@ -12,7 +12,7 @@ import pytest
 import soundfile
 import torch
 
-from kdtool.bin._common import run_main
+from conftest import run_entry
 from kdtool.data.audio import AudioError, load_audio
 from kdtool.data.datadir import DataDir, DataDirError, read_table
 from kdtool.data.validate import validate_data_dir
@@ -24,22 +24,8 @@ from kdtool.utils.lock import LockedError, hold_lock
 
 def cli(module, *args):
     """Run entry point ``module`` in this process as its __main__ does; return (exit code, error log)."""
-    import importlib
-    import io
-    mod = importlib.import_module(f"kdtool.bin.{module}")
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logging.getLogger().addHandler(handler)
-    argv, sys.argv = sys.argv, [module, *map(str, args)]
-    try:
-        run_main(mod.main)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-        logging.getLogger().removeHandler(handler)
-    return code, stream.getvalue()
+    r = run_entry(module, *args)
+    return r.returncode, r.stderr
 
 
 def set_entry(datadir, utt, entry, name="wav.scp"):

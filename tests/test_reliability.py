@@ -7,8 +7,6 @@ file, the utterance, what is wrong), or succeeds and its output is checked.
     tools/venv/bin/python tests/test_reliability.py             # the table with each outcome
     tools/venv/bin/python tests/test_reliability.py --messages  # ... and the message a user sees
 """
-import importlib
-import io
 import logging
 import shutil
 import signal
@@ -26,9 +24,9 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+import conftest  # noqa: E402
 from conftest import SENTENCES, speak  # noqa: E402
 
-from kdtool.bin._common import run_main  # noqa: E402
 from kdtool.data.datadir import DataDir, read_table  # noqa: E402
 from kdtool.utils.lock import hold_lock  # noqa: E402
 
@@ -500,23 +498,9 @@ CASES = [
 # --- running a case ---
 
 def run_entry(module, args):
-    """``python -m kdtool.bin.<module> args`` in this process: (exit code, what it logged).
-    A traceback (an exception other than SystemExit) propagates."""
-    mod = importlib.import_module(f"kdtool.bin.{module}")
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    argv, sys.argv = sys.argv, [module, *map(str, args)]
-    try:
-        run_main(mod.main)
-        return 0, stream.getvalue()
-    except SystemExit as e:
-        return e.code, stream.getvalue()
-    finally:
-        sys.argv = argv
-        root.removeHandler(handler)
+    """``python -m kdtool.bin.<module> args`` in this process: (exit code, what it logged)."""
+    r = conftest.run_entry(module, *args)
+    return r.returncode, r.stderr
 
 
 def on_alarm(signum, frame):

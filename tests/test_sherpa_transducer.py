@@ -32,12 +32,7 @@ STATELESS = {"model": "transducer", "encoder": "streaming_conformer", "encoder_c
 CHUNK = 4  # encoder frames a chunk: sherpa-onnx reads T = 4*3 + 7 = 19 frames every 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def exp_dir(root, features, config, state=None, seed=0):

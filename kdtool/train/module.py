@@ -98,7 +98,7 @@ class ASRTask(L.LightningModule):
             params += list(self.loss_fn.parameters())  # too, but not saved with the model (trainer keeps model.*)
         # a gradient scaler (16-mixed) and gradient clipping refuse a fused optimizer in lightning
         opt = build_optimizer(params, c["optim"], c["optim_conf"],
-                              allow_fused=getattr(self.trainer.precision_plugin, "scaler", None) is None)
+                              allow_fused=getattr(self._trainer and self.trainer.precision_plugin, "scaler", None) is None)
         if c["scheduler"] in (None, "none"):
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lr_lambda(c["scheduler_conf"]["warmup_steps"]))
