@@ -239,9 +239,10 @@ def distill(config, exp_dir, train_dirs, valid_dir, token_dir, cmvn_path, soft_l
     tokens_path = Path(token_dir) / "tokens.txt"
     tokenizer = Tokenizer(token_dir)
     trained = load_trained(teacher_dir) if teacher_dir else None
-    if trained is not None and tokens_sha256(Path(teacher_dir) / "tokens" / "tokens.txt") != tokens_sha256(tokens_path):
-        raise SoftLabelError(f"{tokens_path}: token list differs from the teacher's "
-                             f"({Path(teacher_dir) / 'tokens' / 'tokens.txt'}); teacher and student must share it")
+    teacher_tokens = Path(teacher_dir) / "tokens" / "tokens.txt" if trained is not None else None
+    if teacher_tokens and (ours := tokens_sha256(tokens_path)) != (theirs := tokens_sha256(teacher_tokens)):
+        raise SoftLabelError(f"{tokens_path}: token list differs from the teacher's ({teacher_tokens}): sha256 "
+                             f"{ours[:16]}... against {theirs[:16]}...; teacher and student must share it")
     torch.manual_seed(config["seed"])  # the same config gives the same initial student
     student = build_model(model_part(config), len(tokenizer), input_size=load_cmvn(cmvn_path).shape[1] - 1)
     check_student(student, terms, kd)

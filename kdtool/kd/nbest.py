@@ -117,9 +117,10 @@ class NBestReader:
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise SoftLabelError(f"{meta_path}: format_version {self.meta.get('format_version')} is not "
                                  f"{FORMAT_VERSION}; redump the N-best lists")
-        if tokens_sha256(tokens_path) != self.meta["tokens_sha256"]:
+        if (ours := tokens_sha256(tokens_path)) != self.meta["tokens_sha256"]:
             raise SoftLabelError(f"{tokens_path}: token list differs from the one the N-best lists in {self.dir} "
-                                 "were made with; teacher and student must share tokens.txt")
+                                 f"were made with: sha256 {ours[:16]}... against {self.meta['tokens_sha256'][:16]}... "
+                                 f"in {meta_path}; teacher and student must share tokens.txt")
         V = self.meta["vocab_size"]
         self.hyps = {}
         for n, line in enumerate(lines.read_text(encoding="utf-8").splitlines(), 1):

@@ -246,10 +246,10 @@ class SoftLabelReader:
             raise SoftLabelError(f"{meta_path}: format_version {self.meta.get('format_version')} is not one of "
                                  f"{READABLE_VERSIONS} (made by a newer kdtool?); rerun stage 4")
         check_meta(self.meta)
-        if tokens_path is not None and tokens_sha256(tokens_path) != self.meta["tokens_sha256"]:
+        if tokens_path is not None and (ours := tokens_sha256(tokens_path)) != self.meta["tokens_sha256"]:
             raise SoftLabelError(f"{tokens_path}: token list differs from the one the soft labels in {self.dir} "
-                                 f"were made with ({self.meta['teacher']}/tokens, sha256 in {meta_path}); "
-                                 "teacher and student must share tokens.txt")
+                                 f"were made with ({self.meta['teacher']}/tokens): sha256 {ours[:16]}... against "
+                                 f"{self.meta['tokens_sha256'][:16]}... in {meta_path}; teacher and student must share tokens.txt")
         self.scp = read_table(scp)
         self.vocab_size, self.topk = self.meta["vocab_size"], self.meta["topk"]
         self.width = row_width(self.meta)  # entries of each row's distribution
