@@ -138,8 +138,9 @@ def test_a_student_config_twice_is_refused_when_trainings_run_side_by_side(recip
 
 
 def test_student_seeds_train_one_exp_dir_per_seed(recipe, tiny_features, tiny_teacher):
-    """--student_seeds "1 2": the config trained twice, into exp/<name>_seed1 and _seed2, each with its seed;
-    a seed that is not a number fails before any training."""
+    """--student_seeds "1 2": the config trained twice, into exp/<name>_seed1 and _seed2, each with its seed
+    (--seeded_students: only the configs named; another trains once, as without seeds); a seed that is not a
+    number, or a seeded student that is not trained, fails before any training."""
     fbank = recipe / "dump" / "fbank" / "tiny"
     fbank.unlink()
     shutil.copytree(tiny_features["feats"], fbank)
@@ -153,10 +154,17 @@ def test_student_seeds_train_one_exp_dir_per_seed(recipe, tiny_features, tiny_te
                        timeout=120)
     assert p.returncode != 0 and "--student_seeds: 'x' is not a seed (integers >= 0" in p.stderr, p.stderr
     assert not (recipe / "exp").exists() or not any((recipe / "exp").glob("ctc_student*"))
-    p = subprocess.run([*args, "--student_seeds", "1 2"], cwd=recipe, env=ENV, capture_output=True, text=True,
-                       timeout=600)
+    p = subprocess.run([*args, "--student_seeds", "1 2", "--seeded_students", "conf/fast/train_ctc_other.yaml"],
+                       cwd=recipe, env=ENV, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "--seeded_students: conf/fast/train_ctc_other.yaml is not one of" in p.stderr, p.stderr
+    # a second KD-free config, trained once
+    (recipe / "conf" / "fast" / "train_ctc_other.yaml").write_text("base: train_ctc_student.yaml\nmax_epoch: 1\n")
+    args[-1] += " conf/fast/train_ctc_other.yaml"
+    p = subprocess.run([*args, "--student_seeds", "1 2", "--seeded_students", "conf/fast/train_ctc_student.yaml"],
+                       cwd=recipe, env=ENV, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert sorted(d.name for d in (recipe / "exp").glob("ctc_student*")) == ["ctc_student_seed1", "ctc_student_seed2"]
+    assert sorted(d.name for d in (recipe / "exp").glob("ctc_*")) == ["ctc_other", "ctc_student_seed1",
+                                                                       "ctc_student_seed2"]
     weights = {}
     for seed in (1, 2):
         exp = recipe / "exp" / f"ctc_student_seed{seed}"

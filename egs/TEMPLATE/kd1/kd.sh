@@ -61,13 +61,17 @@ student_args=""         # config overrides for every stage-5 training (students,
                         # --student_args "kd_conf.alpha=0.3 max_epoch=5"; exp/<name>/config.yaml has the result
 student_seeds=""        # train each student config once per seed ("1 2 3": exp/<name>_seed1 ..., the config's seed
                         # replaced); RESULTS.md then gives mean and std over the seeds and a paired bootstrap
-                        # on their pooled utterances. Empty: once, with the config's seed. Chains train once.
+                        # on their pooled utterances. Empty: once, with the config's seed.
+seeded_students=""      # with student_seeds: the student configs and chains (any of a chain's configs) trained once per
+                        # seed (default: every one; the others train once, with their config's seed)
 chains=""               # progressive distillation: chains of student configs, comma-separated within a
                         # chain ("a.yaml,b.yaml c.yaml": a then b distilled from a, and c alone)
 chain_teacher=""        # exp dir that starts every chain (e.g. exp/transducer_teacher)
 chain_soft_label_types="rnnt_lattice"  # what each link's teacher dumps for its student
 # Stage 6-7: decoding and scoring
 decode_sets=""          # sets to decode (default: valid_set and test_sets)
+decode_configs=""       # decode configs, each used for the models of the kind its name says (decode_<kind>_*.yaml)
+                        # (default: every conf/decode_*.yaml)
 decode_jobs=1           # decodes run side by side in stage 6 (each one thread: RTFs stay single-thread ones)
 models=""               # exp dirs to decode (default: every trained model under expdir)
 export_students=false   # true: stage 6 also exports each model that has an export (ctc, nar, streaming transducer)
@@ -265,19 +269,33 @@ chain_knowledge() {
   dump_knowledge "$1" "$1/soft_labels" "${chain_soft_label_types}"
 }
 
-# run_chain A.yaml,B.yaml,...: progressive distillation; each student is the next one's teacher
+# run_chain A.yaml,B.yaml,... [SEED]: progressive distillation; each student is the next one's teacher
 run_chain() {
   local teacher=${chain_teacher} config
   for config in ${1//,/ }; do
     chain_knowledge "${teacher}"
-    distill "${config}" "${teacher}" "${teacher}/soft_labels"
+    distill "${config}" "${teacher}" "${teacher}/soft_labels" "${2:-}"
     teacher=${last_student}
   done
+}
+
+# seeds_of CONFIGS: the seeds to train a student config (or a chain, comma-separated) with; "default": its own
+seeds_of() {
+  local c
+  [ -n "${student_seeds}" ] || { echo default; return; }
+  [ -n "${seeded_students}" ] || { echo "${student_seeds}"; return; }
+  for c in ${1//,/ }; do
+    [[ " ${seeded_students} " == *" ${c} "* ]] && { echo "${student_seeds}"; return; }
+  done
+  echo default
 }
 
 if in_stages 5; then
   for seed in ${student_seeds}; do
     [[ "${seed}" =~ ^[0-9]+$ ]] || { echo "$0: --student_seeds: '${seed}' is not a seed (integers >= 0, space separated)" >&2; exit 1; }
+  done
+  for c in ${seeded_students}; do
+    [[ " ${student_configs} ${chains//,/ } " == *" ${c} "* ]] || { echo "$0: --seeded_students: ${c} is not one of student_configs or chains" >&2; exit 1; }
   done
   # side by side, two jobs must not train the same exp dir (chains may share a first stage only when run one by one)
   dups=$(for c in ${student_configs} ${chains//,/ }; do exp_of "${c}"; done | sort | uniq -d | xargs)
@@ -287,10 +305,12 @@ if in_stages 5; then
   fi
   [ -z "${chains}" ] || chain_knowledge "${chain_teacher}"  # shared by every chain: dumped before they start
   for chain in ${chains}; do  # first: a chain's stages run one after the other
-    bg "${train_jobs}" run_chain "${chain}"
+    for seed in $(seeds_of "${chain}"); do
+      bg "${train_jobs}" run_chain "${chain}" "${seed#default}"
+    done
   done
   for config in ${student_configs}; do
-    for seed in ${student_seeds:-default}; do  # default: the config's own seed, exp dir without _seed
+    for seed in $(seeds_of "${config}"); do  # default: the config's own seed, exp dir without _seed
       bg "${train_jobs}" distill "${config}" "${kd_teacher}" "${soft_label_dir}" "${seed#default}"
     done
   done
@@ -298,7 +318,7 @@ if in_stages 5; then
   stage_done 5
 fi
 
-# Every trained model (a dir with model.pth) is decoded with each conf/decode_<kind>_*.yaml that fits its kind;
+# Every trained model (a dir with model.pth) is decoded with each decode config decode_<kind>_*.yaml that fits its kind;
 # a decode dir made from the same weights, features and config is skipped.
 if [ -z "${models}" ] && { in_stages 6 || in_stages 7; }; then
   models=$(find "${expdir}" -mindepth 2 -maxdepth 2 -name model.pth -printf '%h ' 2>/dev/null | xargs -n1 | sort | xargs)
@@ -308,10 +328,18 @@ if in_stages 6 || in_stages 7; then
   for model in ${models}; do
     [ -f "${model}/model_info.json" ] || { echo "$0: ${model}: not a trained model (no model_info.json); train it or leave it out of --models" >&2; exit 1; }
   done
+  for config in ${decode_configs}; do
+    [ -f "${config}" ] || { echo "$0: --decode_configs: ${config}: no such file" >&2; exit 1; }
+    [[ "$(basename "${config}")" == decode_*_*.yaml ]] || { echo "$0: --decode_configs: ${config}: not named decode_<kind>_<name>.yaml (the kind picks the models it decodes)" >&2; exit 1; }
+  done
 fi
 decode_dirs() {  # model -> the decode configs for its kind
   local kind; kind=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['kind'])" "$1/model_info.json")
-  ls conf/decode_"${kind}"_*.yaml 2>/dev/null || true
+  if [ -n "${decode_configs}" ]; then
+    printf '%s\n' ${decode_configs} | grep -E "(^|/)decode_${kind}_[^/]*\.yaml$" || true
+  else
+    ls conf/decode_"${kind}"_*.yaml 2>/dev/null || true
+  fi
 }
 # the methods the onnx backends decode (kdtool.decode.runner.ONNX_METHODS; tests/test_export_recipe.py checks)
 onnx_methods="ctc_greedy maskctc_greedy maskctc_beam transducer_greedy transducer_streaming"
