@@ -146,9 +146,13 @@ class Check:
     about: dict  # the input, for export_info.json
 
     def max_diff(self, path):
-        outputs = self.run(session(path))
-        return max(float(np.abs(np.asarray(o, np.float64) - np.asarray(r, np.float64)).max())
-                   for o, r in zip(outputs, self.reference))
+        outputs = [np.asarray(o, np.float64) for o in self.run(session(path))]
+        reference = [np.asarray(r, np.float64) for r in self.reference]
+        shapes = [(o.shape, r.shape) for o, r in zip(outputs, reference) if o.shape != r.shape]
+        if len(outputs) < len(reference) or shapes:  # never broadcast: a diff over the wrong frames hides errors
+            raise ExportError(f"{path}: outputs of shapes {[o.shape for o in outputs]} against PyTorch's "
+                              f"{[r.shape for r in reference]}")
+        return max(float(np.abs(o - r).max()) for o, r in zip(outputs, reference))
 
 
 def plain_check(inputs, reference, valid=None):
@@ -232,18 +236,18 @@ def export_transducer(trained, out, meta, rng, left_context, chunk_size):
     # the reference: kdtool's own streaming encoder (CMVN applied outside), chunk by chunk
     mean, std = mean_std(trained.cmvn)
     with torch.no_grad():
-        ref = torch.cat(list(encode_chunks(model, torch.from_numpy((feats - mean) / std), chunk_size,
-                                           left_context))).numpy()
+        enc_ref = torch.cat(list(encode_chunks(model, torch.from_numpy((feats - mean) / std), chunk_size,
+                                               left_context))).numpy()
 
-    def stream(sess):
+    def stream(sess):  # also rerun on the int8 graph later: enc_ref must stay the encoder's reference
         att, conv = np.zeros(att_shape, np.float32), np.zeros(conv_shape, np.float32)
         chunks = []
-        for start, piece in chunk_pieces(feats, len(ref), chunk_size, sub, field):
+        for start, piece in chunk_pieces(feats, len(enc_ref), chunk_size, sub, field):
             o, att, conv = sess.run(None, {"x": piece[None], "att_cache": att, "conv_cache": conv,
                                            "processed_frames": np.array(start, np.int64)})
             chunks.append(o[0])
         return [np.concatenate(chunks)]
-    graphs = {"encoder.onnx": verified(out / "encoder.onnx", Check(stream, [ref], {
+    graphs = {"encoder.onnx": verified(out / "encoder.onnx", Check(stream, [enc_ref], {
         "frames": len(feats), "chunk_size": chunk_size, "left_context": left_context}))}
 
     model.decoder.set_device(torch.device("cpu"))
@@ -259,15 +263,8 @@ def export_transducer(trained, out, meta, rng, left_context, chunk_size):
     graphs["decoder.onnx"] = verified(out / "decoder.onnx",
                                       plain_check({"y": y.numpy(), "h": h.numpy(), "c": c.numpy()}, ref))
 
-    e = torch.from_numpy(rng.standard_normal((3, enc.output_size())).astype(np.float32))
-    d = torch.from_numpy(ref[0])
-    joint = JointGraph(model).eval()
-    export_graph(joint, (e, d), out / "joiner.onnx", ["encoder_out", "decoder_out"], ["logits"],
-                 {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logits": {0: "N"}}, {**meta, "graph": "joiner"})
-    with torch.no_grad():
-        ref = [joint(e, d).numpy()]
-    graphs["joiner.onnx"] = verified(out / "joiner.onnx",
-                                     plain_check({"encoder_out": e.numpy(), "decoder_out": d.numpy()}, ref))
+    graphs["joiner.onnx"] = export_joiner(JointGraph(model), enc.output_size(), ref[0], out, rng, "logits",
+                                          {**meta, "graph": "joiner"})
     return graphs
 
 
@@ -315,17 +312,23 @@ def export_sherpa_transducer(trained, out, meta, rng, left_context, chunk_size):
         ref = [pred(y).numpy()]
     graphs["decoder.onnx"] = verified(out / "decoder.onnx", plain_check({"y": y.numpy()}, ref))
 
-    e = torch.from_numpy(rng.standard_normal((3, ref[0].shape[1])).astype(np.float32))
-    d = torch.from_numpy(ref[0])
-    joint = ProjectedJointGraph(model).eval()
-    export_graph(joint, (e, d), out / "joiner.onnx", ["encoder_out", "decoder_out"], ["logit"],
-                 {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, "logit": {0: "N"}},
-                 {**meta, "graph": "sherpa_joiner"})
+    # sherpa feeds the joiner the encoder output already projected (the encoder graph does it): decoder width
+    graphs["joiner.onnx"] = export_joiner(ProjectedJointGraph(model), ref[0].shape[1], ref[0], out, rng, "logit",
+                                          {**meta, "graph": "sherpa_joiner"})
+    return graphs
+
+
+def export_joiner(joint, enc_dim, decoder_out, out, rng, output_name, meta):
+    """joiner.onnx from ``joint`` (encoder_out [N, enc_dim], decoder_out [N, D]) -> logits, checked on three
+    random encoder frames against the predictor's reference outputs ``decoder_out``."""
+    joint = joint.eval()
+    e = torch.from_numpy(rng.standard_normal((len(decoder_out), enc_dim)).astype(np.float32))
+    d = torch.from_numpy(decoder_out)
+    export_graph(joint, (e, d), out / "joiner.onnx", ["encoder_out", "decoder_out"], [output_name],
+                 {"encoder_out": {0: "N"}, "decoder_out": {0: "N"}, output_name: {0: "N"}}, meta)
     with torch.no_grad():
         ref = [joint(e, d).numpy()]
-    graphs["joiner.onnx"] = verified(out / "joiner.onnx",
-                                     plain_check({"encoder_out": e.numpy(), "decoder_out": d.numpy()}, ref))
-    return graphs
+    return verified(out / "joiner.onnx", plain_check({"encoder_out": e.numpy(), "decoder_out": d.numpy()}, ref))
 
 
 def sherpa_streams(sess, streams, T, shift, attn_shape, cnn_shape):
