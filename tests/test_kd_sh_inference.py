@@ -91,6 +91,27 @@ def test_gpu_inference_passes_the_cuda_device_to_stages_4_and_6(recipe, tiny_tea
     assert json.loads((decoded / "decode_info.json").read_text())["device"] == "cpu"
 
 
+def test_decode_configs_choose_the_decodes_of_stage_6(recipe, tiny_teacher, tmp_path):
+    """--decode_configs: stage 6 decodes each model with the listed configs of its kind only (here one of two
+    CTC configs, and an AR one it skips); a listed file that is missing or misnamed fails before decoding."""
+    model = tmp_path / "ctc_model"
+    shutil.copytree(tiny_teacher, model, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "csv"))
+    (recipe / "conf" / "decode_ctc_greedy_b4.yaml").write_text("method: ctc_greedy\nbatch_size: 4\n")
+    stage6 = ("--stage", "6", "--stop_stage", "6", "--models", str(model))
+    for bad, message in [("conf/decode_ctc_nothere.yaml", "conf/decode_ctc_nothere.yaml: no such file"),
+                         ("conf/pipeline.conf", "conf/pipeline.conf: not named decode_<kind>_<name>.yaml")]:
+        p = kd_sh(recipe, tiny_teacher, *stage6, "--decode_configs", bad)
+        assert p.returncode != 0 and message in p.out, p.out
+    assert not list(model.glob("decode_*"))
+    p = kd_sh(recipe, tiny_teacher, *stage6, "--decode_configs", "conf/decode_ar_beam10.yaml conf/decode_ctc_greedy_b4.yaml")
+    assert p.returncode == 0, p.out
+    assert sorted(d.name for d in model.glob("decode_*")) == ["decode_ctc_greedy_b4_tiny"]
+    # the default: every conf/decode_ctc_*.yaml
+    p = kd_sh(recipe, tiny_teacher, *stage6)
+    assert p.returncode == 0, p.out
+    assert sorted(d.name for d in model.glob("decode_*")) == ["decode_ctc_greedy_b4_tiny", "decode_ctc_greedy_tiny"]
+
+
 def test_trainings_run_side_by_side_and_one_that_fails_fails_the_stage(recipe, tiny_features):
     fbank = recipe / "dump" / "fbank" / "tiny"
     fbank.unlink()
