@@ -2,7 +2,7 @@
 matters), the form in which a recipe ships its teachers (kdtool/models/package.py has the layout).
 
     python -m kdtool.bin.pack_model --exp_dir exp_teacher/ar_teacher --out_dir teachers/ar_teacher \
-        --info '{"train_command": "./run.sh --retrain_teachers true", "test_wer": 12.3}'
+        --info '{"train_command": "./run.sh --retrain_teachers", "test_wer": 12.3}'
 """
 import argparse
 import json

@@ -15,7 +15,7 @@ n_test=300
 n_test_unseen=300
 n_untrans=750
 n_teacher_train=0      # also data/train_teacher: the first N utterances of the stream that train and untrans
-                       # are cut from (the shipped teachers' training set; ./run.sh --retrain_teachers true)
+                       # are cut from (the shipped teachers' training set; ./run.sh --retrain_teachers)
 n_heldout_voices=10    # voices heard only in test_unseen
 fast=false             # tiny corpus for tests and CI
 nj=4
