@@ -345,3 +345,16 @@ def test_streaming_backend_refuses_another_left_context(exported, tiny_features,
     with pytest.raises(ValueError, match="exported with left_context 256, not 8"):
         decode_dir(exported["transducer"], tiny_features["feats"], "transducer_streaming",
                    {**decode_defaults("transducer_streaming"), "left_context": 8}, tmp_path / "d", backend="onnx")
+
+
+def test_a_check_refuses_outputs_shaped_unlike_pytorchs():
+    """A graph's outputs are compared with PyTorch's frame by frame: outputs of another shape (which numpy
+    would broadcast into a diff over the wrong frames) are an ExportError naming both shapes."""
+    from kdtool.export import exporter
+    ref = np.zeros((61, 4), np.float32)
+    with mock.patch.object(exporter, "session", lambda path: None):
+        assert exporter.Check(lambda sess: [ref + 0.5], [ref], {}).max_diff("g.onnx") == 0.5
+        with pytest.raises(ExportError, match=r"g.onnx: outputs of shapes \[\(1, 4\)\] against PyTorch's \[\(61, 4\)\]"):
+            exporter.Check(lambda sess: [ref[:1]], [ref], {}).max_diff("g.onnx")
+        with pytest.raises(ExportError, match="outputs of shapes"):
+            exporter.Check(lambda sess: [], [ref], {}).max_diff("g.onnx")
