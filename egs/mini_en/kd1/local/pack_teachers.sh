@@ -15,7 +15,7 @@ decode_jobs=2
 . ./path.sh
 declare -A decodes=([ar_teacher]="conf/decode_ar_beam10.yaml"
                     [transducer_teacher]="conf/decode_transducer_beam4.yaml conf/decode_transducer_streaming.yaml")
-declare -A train_data=([ar_teacher]=train_teacher [transducer_teacher]=train_teacher)
+train_set=train_teacher  # what both were trained on (./run.sh --retrain_teachers)
 
 for t in ${teachers}; do
   exp=exp/${t}
@@ -39,17 +39,16 @@ for t in ${teachers}; do
     name=$(basename "${config}" .yaml | sed 's/^decode_//')
     for x in ${sets}; do python -m kdtool.bin.score --ref "dump/fbank/${x}" "${exp}/decode_${name}_${x}"; done
   done
-  info=$(python - "${exp}" "${train_data[${t}]}" "${snapshot}" <<'PY'
+  info=$(python - "${exp}" "${train_set}" "${snapshot}" <<'PY'
 import json, sys
 from pathlib import Path
 exp, train, snapshot = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "true"
 info = json.loads((exp / "model_info.json").read_text())
-frames = sum(int(l.split()[1]) for l in open(f"dump/fbank/{train}/utt2num_frames"))
+frames = [int(l.split()[1]) for l in open(f"dump/fbank/{train}/utt2num_frames")]
 wer = {d.name[len("decode_"):]: json.loads((d / "score.json").read_text())["wer"] for d in sorted(exp.glob("decode_*"))
        if (d / "score.json").is_file()}
 print(json.dumps({"train_command": "./run.sh --retrain_teachers --stop_stage 3  (egs/mini_en/kd1)",
-                  "train_data": {"set": train, "utterances": sum(1 for _ in open(f"dump/fbank/{train}/utt2num_frames")),
-                                 "hours": round(frames / 100 / 3600, 2)},
+                  "train_data": {"set": train, "utterances": len(frames), "hours": round(sum(frames) / 100 / 3600, 2)},
                   "wer": wer, **({"snapshot": True} if snapshot else {})}))
 PY
 )

@@ -31,11 +31,9 @@ def main(src, dst):
     torch.save(average_checkpoints(best), tmp / "model.pth")
     write_checksums(tmp)
     trained = load_trained(tmp)
-    logs = sorted(src.glob("train.log*"))
-    text = "".join(p.read_text(errors="replace") for p in logs)
+    text = "".join(p.read_text(errors="replace") for p in sorted(src.glob("train.log*")))
     epochs = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"epoch (\d+)/\d+ done in ([\d.]+) s", text)]
-    command = next((ln[2:] for p in logs for ln in p.read_text(errors="replace").splitlines()
-                    if ln.startswith("# python -m kdtool.bin.train")), None)
+    command = next((ln[2:] for ln in text.splitlines() if ln.startswith("# python -m kdtool.bin.train")), None)
     info = {"kind": trained.model.kind, "params": count_params(trained.model),
             "size_mb": round(model_size_mb(trained.model), 3), "vocab_size": len(trained.tokenizer),
             "input_size": int(trained.cmvn.shape[1] - 1), "averaged": [p.name for p in best],
